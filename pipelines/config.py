@@ -1,0 +1,79 @@
+"""One typed configuration object per job, loadable from a TOML file and overridden by flags."""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, fields
+
+from pipelines.telemetry import TimestampGuard
+from pipelines.windowing import WindowSpec
+
+
+@dataclass
+class RunConfig:
+    """Configuration of ``aura run`` (times in seconds)."""
+
+    input: str | None = None  # a file, a directory or a glob, read once
+    landing: str | None = None  # a directory watched for new files
+    out: str = "output/run"
+    mode: str = "streaming"  # streaming | batch (batch needs --input)
+    window_size_s: float = 10.0
+    window_slide_s: float | None = None  # None: tumbling windows
+    allowed_lateness_s: float = 30.0
+    max_out_of_orderness_s: float = 5.0  # watermark = largest event time seen - this
+    max_ahead_s: float = 3600.0  # timestamps this far ahead of the watermark are absurd
+    max_behind_s: float = 86400.0  # ... and this far behind
+    poll_interval_s: float = 0.2
+    idle_timeout_s: float | None = None  # landing: stop after this long without new files
+    max_runtime_s: float | None = None
+
+    def validate(self) -> RunConfig:
+        if (self.input is None) == (self.landing is None):
+            raise ValueError("give exactly one of --input (file, directory or glob) or --landing DIR")
+        if self.mode not in ("streaming", "batch"):
+            raise ValueError(f"mode must be 'streaming' or 'batch', got {self.mode!r}")
+        if self.mode == "batch" and self.landing is not None:
+            raise ValueError("a landing directory is read by the streaming job; use --input for batch")
+        self.window_spec()  # raises on a bad window
+        return self
+
+    def window_spec(self) -> WindowSpec:
+        return WindowSpec(self.window_size_s, self.window_slide_s, self.allowed_lateness_s)
+
+    def guard(self) -> TimestampGuard:
+        return TimestampGuard(self.max_ahead_s, self.max_behind_s)
+
+
+def _coerce(value, hint):
+    """Coerce a TOML/flag value to a dataclass field's annotated type."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint):
+        raise TypeError(f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_run_config(path: str | None = None, **overrides) -> RunConfig:
+    """RunConfig from the ``[run]`` table of a TOML file, then non-None overrides."""
+    values: dict = {}
+    if path:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh).get("run", {})
+    known = {f.name for f in fields(RunConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown [run] settings in {path}: {sorted(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    hints = typing.get_type_hints(RunConfig)
+    try:
+        typed = {k: _coerce(v, hints[k]) for k, v in values.items()}
+    except TypeError as err:
+        raise ValueError(f"bad configuration value: {err}") from err
+    return RunConfig(**typed).validate()

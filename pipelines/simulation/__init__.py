@@ -1,0 +1,1 @@
+"""The cascade simulator: AURA's source of labelled telemetry."""

@@ -1,0 +1,230 @@
+"""Vectorised fleet physics: queues, capacity, timeouts, retries, crashes and load shifting.
+
+One ``Fleet`` holds per-agent and per-call-edge numpy arrays; ``step`` advances one tick.
+Calls between services are spread over the healthy replicas of the callee within a fixed
+subset per caller replica (deterministic subsetting), so when a replica crashes its load
+shifts to its surviving peers (Motter & Lai style redistribution), and callers retry
+failed or timed-out calls (retry amplification feeds load back: metastable retry storms).
+Workers blocked on slow dependencies reduce a caller's throughput, so timeouts propagate
+up the call graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from pipelines.simulation.graphs import ServiceGraph, assign_replicas
+
+UNHEALTHY_ERROR_RATE = 0.5
+
+
+@dataclass(frozen=True)
+class Physics:
+    """Parameters of the fleet model (times in seconds)."""
+
+    headroom: tuple[float, float] = (0.3, 0.8)  # alpha: capacity = (1 + alpha) * steady load
+    service_time: tuple[float, float] = (0.002, 0.01)
+    timeout: float = 1.0  # client timeout on every call
+    max_retries: int = 2  # retries per failed call (0 = retries off)
+    queue_limit: float = 2.0  # queue capacity, in seconds of service at full capacity
+    worker_headroom: float = 4.0  # workers = (1 + h) * capacity * steady latency
+    crash_after: float = float("inf")  # queue over half full this long -> crash
+    restart_after: float = float("inf")  # a crashed agent restarts after this long
+    noise: float = 0.03  # relative noise on reported gauges
+    subset_size: int = 4  # callee replicas each caller replica talks to
+
+    def with_(self, **changes: float) -> Physics:
+        """A copy with some parameters changed."""
+        return replace(self, **changes)
+
+
+@dataclass
+class TickEffects:
+    """What triggers impose on one tick (per service multipliers / additions)."""
+
+    load_mult: np.ndarray  # (S,) external load multiplier
+    extra_latency: np.ndarray  # (S,) seconds added to own service time
+    kill: np.ndarray | None = None  # (N,) bool, agents crashed this tick
+
+
+class Fleet:
+    """Per-agent state of a simulated fleet over one service graph."""
+
+    def __init__(self, graph: ServiceGraph, n_agents: int, physics: Physics,
+                 rng: np.random.Generator):
+        self.graph = graph
+        self.rng = rng
+        svc_load = graph.steady_load()
+        reps = assign_replicas(svc_load, n_agents)
+        self.n = n_agents
+        self.service = np.repeat(np.arange(graph.n_services), reps)  # agent -> service
+        first = np.concatenate([[0], np.cumsum(reps)[:-1]])
+        self.rank = np.arange(n_agents) - first[self.service]  # index within its service
+        self.replicas = reps
+        self._build_edges(reps, first, physics.subset_size)
+        self.steady_load = self._steady_agent_load()
+        self.base_service_time = rng.uniform(*physics.service_time, size=n_agents)
+        self.alpha = rng.uniform(*physics.headroom, size=n_agents)
+        self.physics = physics
+        self.reset(physics)
+
+    # -- structure -------------------------------------------------------------------
+    def _build_edges(self, reps: np.ndarray, first: np.ndarray, subset: int) -> None:
+        f = self.graph.fanout.tocoo()
+        src, dst, fan = [], [], []
+        for a, b, w in zip(f.row, f.col, f.data):
+            k = min(subset, int(reps[b]))
+            offset = int(self.rng.integers(reps[b]))
+            callers = first[a] + np.arange(reps[a])
+            # caller replica r talks to callee replicas (offset + r*k + 0..k-1) mod reps[b]
+            idx = (offset + np.arange(reps[a])[:, None] * k + np.arange(k)[None, :]) % reps[b]
+            src.append(np.repeat(callers, k))
+            dst.append((first[b] + idx).ravel())
+            fan.append(np.full(reps[a] * k, w))
+        if src:
+            self.e_src = np.concatenate(src)
+            self.e_dst = np.concatenate(dst)
+            self.e_fan = np.concatenate(fan)
+        else:
+            self.e_src = self.e_dst = np.zeros(0, dtype=np.int64)
+            self.e_fan = np.zeros(0)
+        # one group per (caller agent, callee service): shares are normalised inside it
+        key = self.e_src * self.graph.n_services + self.service[self.e_dst]
+        order = np.lexsort((self.e_dst, key))
+        self.e_src, self.e_dst, self.e_fan = self.e_src[order], self.e_dst[order], self.e_fan[order]
+        _, self.e_group = np.unique(key[order], return_inverse=True)
+
+    def _steady_agent_load(self) -> np.ndarray:
+        """Requests/s per agent with everyone up, by iterating the routing (exact after
+        as many rounds as the DAG is deep)."""
+        up = np.ones(self.n)
+        share, _ = self._shares(up)
+        svc_w = np.bincount(self.service, up, minlength=self.graph.n_services)
+        ext = self.graph.external[self.service] / svc_w[self.service]
+        load = ext.copy()
+        for _ in range(self.graph.n_services + 1):
+            nxt = ext + np.bincount(self.e_dst, load[self.e_src] * self.e_fan * share, minlength=self.n)
+            if np.allclose(nxt, load, rtol=1e-12, atol=1e-12):
+                break
+            load = nxt
+        return load
+
+    def _shares(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each edge's share of its (caller, callee service) group, and whether the group
+        has any healthy replica left."""
+        e_w = weight[self.e_dst]
+        den = np.bincount(self.e_group, e_w)[self.e_group]
+        routed = den > 0
+        return np.divide(e_w, den, out=np.zeros_like(e_w), where=routed), routed
+
+    # -- state -----------------------------------------------------------------------
+    def reset(self, physics: Physics) -> None:
+        """Back to the healthy steady state under (possibly new) physics."""
+        self.physics = physics
+        p = physics
+        self.capacity = (1.0 + self.alpha) * np.maximum(self.steady_load, 1e-3)
+        self.queue_limit = p.queue_limit * self.capacity
+        self.queue = np.zeros(self.n)
+        self.up_at = np.full(self.n, -np.inf)  # agent is up when t >= up_at
+        self.overloaded_for = np.zeros(self.n)
+        self.served = self.steady_load.copy()
+        self.latency = self.base_service_time.copy()
+        self.fail_prob = np.zeros(self.n)
+        self.workers = np.full(self.n, np.inf)
+        calm = TickEffects(np.ones(self.graph.n_services), np.zeros(self.graph.n_services))
+        for _ in range(self.depth_hint()):  # let downstream latency settle
+            self.step(-1.0, calm, emit=False)
+        self.workers = (1.0 + p.worker_headroom) * self.capacity * self.latency
+        self.queue[:] = 0.0
+        self.overloaded_for[:] = 0.0
+
+    def depth_hint(self) -> int:
+        return 32
+
+    # -- one tick --------------------------------------------------------------------
+    def step(self, t: float, fx: TickEffects, dt: float = 1.0,
+             emit: bool = True) -> dict[str, np.ndarray] | None:
+        """Advance one tick of ``dt`` seconds; return the agents' telemetry if ``emit``."""
+        p, n = self.physics, self.n
+        if fx.kill is not None:
+            self.up_at = np.where(fx.kill, t + p.restart_after, self.up_at)
+        up = t >= self.up_at
+        retries = p.max_retries
+        # A call fails after all attempts with fail_prob**(retries+1); attempts per call
+        # are the geometric sum 1 + p + ... + p**retries.
+        pf = self.fail_prob
+        attempts = np.where(pf < 1.0, (1.0 - pf ** (retries + 1)) / np.maximum(1.0 - pf, 1e-12),
+                            retries + 1.0)
+        weight = up.astype(float)  # clients spread calls evenly over healthy replicas
+        share, routed = self._shares(weight)
+        calls = self.served[self.e_src] * self.e_fan  # logical calls per second on the group
+        e_count = calls * share * attempts[self.e_dst]
+        # external clients: spread over the entry service's healthy replicas, with retries
+        svc_w = np.bincount(self.service, weight, minlength=self.graph.n_services)
+        ext = self.graph.external * fx.load_mult
+        ext_share = np.divide(weight, svc_w[self.service], out=np.zeros(n),
+                              where=svc_w[self.service] > 0)
+        rate = ext[self.service] * ext_share * attempts + np.bincount(self.e_dst, e_count, minlength=n)
+        arrivals = self.rng.poisson(rate * dt).astype(float) if emit else rate * dt
+        # throughput: own capacity, and workers blocked on slow dependencies
+        cap_lat = np.minimum(self.latency, p.timeout)
+        down_lat = np.bincount(self.e_src, self.e_fan * share * cap_lat[self.e_dst] * attempts[self.e_dst],
+                               minlength=n)
+        # injected latency (a slow disk or link) holds workers longer but costs no CPU
+        own_time = self.base_service_time + fx.extra_latency[self.service]
+        mu = np.minimum(self.capacity, self.workers / (own_time + down_lat)) * up
+        backlog = self.queue + arrivals
+        served = np.minimum(backlog, mu * dt)
+        queue = backlog - served
+        rejected = np.maximum(queue - self.queue_limit, 0.0)
+        queue -= rejected
+        wait = np.divide(queue, mu, out=np.full(n, 10.0 * p.timeout), where=mu > 0)
+        latency = own_time + wait + down_lat
+        # downstream failure after retries, and unroutable calls
+        log_ok = np.log(np.clip(1.0 - self.fail_prob[self.e_dst] ** (retries + 1), 1e-12, 1.0))
+        contrib = np.where(routed, self.e_fan * share * log_ok, self.e_fan * np.log(1e-12))
+        down_fail = 1.0 - np.exp(np.bincount(self.e_src, contrib, minlength=n))
+        reject_frac = np.divide(rejected, backlog, out=np.zeros(n), where=backlog > 0)
+        error = np.where(up, 1.0 - (1.0 - reject_frac) * (1.0 - down_fail), 1.0)
+        timeout_prob = 1.0 / (1.0 + np.exp(-np.clip((latency - p.timeout) / (0.1 * p.timeout), -50, 50)))
+        self.fail_prob = np.where(up, 1.0 - (1.0 - error) * (1.0 - timeout_prob), 1.0)
+        # crashes: a queue held above half its limit (memory pressure) takes an agent down
+        self.overloaded_for = np.where(up & (queue >= 0.5 * self.queue_limit), self.overloaded_for + dt, 0.0)
+        crash = up & (self.overloaded_for >= p.crash_after)
+        self.up_at = np.where(crash, t + p.restart_after, self.up_at)
+        queue[crash | ~up] = 0.0
+        self.queue, self.served, self.latency = queue, served / dt, latency
+        if not emit:
+            return None
+        return self._telemetry(arrivals, dt, queue, latency, wait, error, up & ~crash, e_count * dt)
+
+    def _telemetry(self, arrivals, dt, queue, latency, wait, error, up, e_count) -> dict[str, np.ndarray]:
+        p, n, rng = self.physics, self.n, self.rng
+        jitter = 1.0 + p.noise * rng.standard_normal((4, n))
+        p50 = np.where(up, latency - 0.3 * wait, 0.0) * jitter[0]
+        p99 = np.where(up, 1.8 * p50 + 2.0 * wait, 0.0) * np.abs(jitter[1])
+        err = np.clip(error + p.noise * 0.1 * rng.standard_normal(n) * up, 0.0, 1.0)
+        little = arrivals / dt * np.minimum(latency, p.timeout)  # Little's law
+        in_flight = np.where(up, np.minimum(self.workers, little), 0.0)
+        e_err = np.minimum(e_count, e_count * self.fail_prob[self.e_dst])
+        return {
+            "latency_p50_ms": np.maximum(p50, 0.0) * 1e3,
+            "latency_p99_ms": np.maximum(p99, np.maximum(p50, 0.0)) * 1e3,
+            "error_rate": err,
+            "request_count": arrivals,
+            "cpu": np.clip(self.served / self.capacity * jitter[2], 0.0, 1.0) * up,
+            "memory": np.clip((0.3 + 0.5 * queue / np.maximum(self.queue_limit, 1e-9)) * jitter[3], 0.0, 1.0),
+            "queue_depth": queue,
+            "in_flight": in_flight,
+            "up": up,
+            "edge_count": e_count,
+            "edge_errors": e_err,
+            "edge_latency_ms": np.minimum(self.latency[self.e_dst], p.timeout) * 1e3,
+        }
+
+
+def unhealthy(error_rate: np.ndarray, latency_p99_ms: np.ndarray, timeout_s: float) -> np.ndarray:
+    """The health rule the labels use: failing most requests, or p99 beyond the timeout."""
+    return (error_rate >= UNHEALTHY_ERROR_RATE) | (latency_p99_ms >= timeout_s * 1e3)

@@ -1,0 +1,12 @@
+"""AURA's data contracts: JSON Schema, Arrow schemas and data-quality suites.
+
+The files beside this module are the source of truth; this package only locates them and
+builds the matching Arrow schemas.
+"""
+
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+TELEMETRY_SCHEMA_VERSION = 1
+TELEMETRY_JSON_SCHEMA = SCHEMA_DIR / f"telemetry.v{TELEMETRY_SCHEMA_VERSION}.json"
+TELEMETRY_EXPECTATIONS = SCHEMA_DIR / "expectations" / f"telemetry_batch.v{TELEMETRY_SCHEMA_VERSION}.json"

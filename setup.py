@@ -1,0 +1,43 @@
+"""AURA: early warning for cascading failures in fleets of agents.
+
+The one place dependencies are pinned. apache-beam stays at 2.61.0 so that
+apache-flink 2.3.0 installs beside it (see ../shared/DESIGN.md): protobuf < 6,
+pandas < 2.3, pyarrow < 21.
+"""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "apache-beam==2.61.0",
+    "protobuf==5.29.6",
+    "grpcio==1.65.5",
+    "numpy==2.1.3",
+    "pandas==2.2.3",
+    "pyarrow==16.1.0",
+    "scipy==1.17.1",
+    "networkx==3.6.1",
+    "fastjsonschema==2.22.3",
+    "orjson==3.13.0",
+    "great-expectations==1.24.1",
+    "tqdm==4.70.1",
+]
+
+TEST = [
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "hypothesis==6.170.15",
+    "jsonschema==4.26.0",
+    "ruff==0.17.6",
+]
+
+setup(
+    name="aura",
+    version="0.1.0",
+    description="Early warning for cascading failures in fleets of agents",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipelines", "pipelines.*", "schemas", "schemas.*"]),
+    package_data={"schemas": ["*.json", "expectations/*.json"]},
+    install_requires=RUNTIME,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["aura=pipelines.cli:main"]},
+)
