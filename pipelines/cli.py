@@ -57,14 +57,14 @@ def simulate(a: argparse.Namespace, pace_s: float = 0.0, quiet: bool = False) ->
     from pipelines.simulation.scenario import Scenario
 
     t0 = time.perf_counter()
-    docs, rows = [], 0
+    rows = 0
 
     def count(_path: str, n: int) -> None:
         nonlocal rows
         rows += n
 
-    for cfg in scenario_configs(a):
-        docs.append(simulate_to_dir(Scenario(cfg), a.out, a.format, a.file_seconds, pace_s, count))
+    docs = simulate_to_dir([Scenario(cfg) for cfg in scenario_configs(a)], a.out, a.format,
+                           a.file_seconds, pace_s, count)
     labels = a.labels or os.path.join(os.path.dirname(os.path.abspath(a.out)), "labels.json")
     write_labels(docs, labels)
     elapsed = time.perf_counter() - t0

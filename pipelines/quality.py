@@ -76,8 +76,12 @@ def load_frame(paths: list[str]) -> pd.DataFrame:
             df[col] = None
     ts = df["ts"]
     numeric = pd.to_numeric(ts, errors="coerce")
-    df["event_time"] = pd.to_datetime(numeric, unit="s", utc=True, errors="coerce").fillna(
-        pd.to_datetime(ts.where(numeric.isna()), utc=True, errors="coerce", format="ISO8601"))
+    event = pd.to_datetime(ts.where(numeric.isna()), utc=True, errors="coerce", format="ISO8601")
+    # epoch seconds by hand: pandas 2.2's unit="s" path reads uninitialised memory for NaN
+    # rows and can raise FloatingPointError
+    epoch = numeric.notna() & (numeric >= 0) & (numeric < 2.0**33)
+    event[epoch] = pd.to_datetime((numeric[epoch] * 1e9).round().astype("int64"), utc=True)
+    df["event_time"] = event
     for m in METRICS:
         df[m] = pd.to_numeric(df[m], errors="coerce")
     return df

@@ -6,13 +6,16 @@ fires; *what* it contains is computed here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from schemas.arrow import METRICS, SNAPSHOT
+
+
+def _us(t: float) -> int:
+    return int(round(t * 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,17 @@ class WindowSpec:
         return self.size_s if self.slide_s is None else self.slide_s
 
     def starts(self, t: float) -> list[float]:
-        """Start times of every window containing event time ``t`` (earliest first)."""
-        last = math.floor(t / self.slide) * self.slide
-        out = []
-        s = last
-        while s > t - self.size_s:
-            out.append(s)
-            s -= self.slide
-        return out[::-1]
+        """Start times of every window containing event time ``t`` (earliest first).
+
+        Computed in integer microseconds, as Beam does, so both agree to the bit."""
+        t_us, size_us, slide_us = _us(t), _us(self.size_s), _us(self.slide)
+        last = t_us - t_us % slide_us
+        return [s / 1e6 for s in range(last, t_us - size_us, -slide_us)][::-1]
+
+    def slice_start(self, t: float) -> float:
+        """Start of the slide-aligned slice holding ``t``."""
+        t_us = _us(t)
+        return (t_us - t_us % _us(self.slide)) / 1e6
 
     def is_late(self, t: float, watermark: float) -> bool:
         """True when every window of ``t`` has expired: watermark > end + allowed lateness
@@ -60,7 +66,7 @@ def slice_batches(records: list[dict], spec: WindowSpec) -> list[tuple[tuple[str
     """
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in records:
-        start = math.floor(r["event_time"] / spec.slide) * spec.slide
+        start = spec.slice_start(r["event_time"])
         groups.setdefault((r["tenant"], start), []).append(r)
     return [((tenant, batch), start) for (tenant, start), batch in sorted(groups.items())]
 

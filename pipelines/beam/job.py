@@ -136,7 +136,7 @@ class _EventReader:
 
 
 def _streaming_options() -> PipelineOptions:
-    return PipelineOptions(runner="BundleBasedDirectRunner", streaming=True)
+    return PipelineOptions(flags=[], runner="BundleBasedDirectRunner", streaming=True)
 
 
 def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_dir: str
@@ -223,7 +223,7 @@ def expand_inputs(pattern: str) -> list[str]:
 def run_batch(paths: list[str], spec: WindowSpec, out_dir: str) -> RunSummary:
     """Batch run (FnApiRunner under the DirectRunner) over a fixed set of files."""
     t0, run_id = time.perf_counter(), counters.new_run()
-    with beam.Pipeline(options=PipelineOptions(runner="DirectRunner")) as p:
+    with beam.Pipeline(options=PipelineOptions(flags=[], runner="DirectRunner")) as p:
         parsed = (p | "Files" >> beam.Create(paths)
                   | "Parse" >> beam.ParDo(ParseFile(spec, run_id)).with_outputs(DEAD, main=RECORDS))
         _windowing_and_sinks(parsed[RECORDS], parsed[DEAD], spec, out_dir, False, run_id)

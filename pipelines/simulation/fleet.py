@@ -33,7 +33,7 @@ class Physics:
     crash_after: float = float("inf")  # queue over half full this long -> crash
     restart_after: float = float("inf")  # a crashed agent restarts after this long
     noise: float = 0.03  # relative noise on reported gauges
-    subset_size: int = 4  # callee replicas each caller replica talks to
+    subset_size: int = 8  # callee replicas each caller replica talks to
 
     def with_(self, **changes: float) -> Physics:
         """A copy with some parameters changed."""
@@ -66,7 +66,7 @@ class Fleet:
         self._build_edges(reps, first, physics.subset_size)
         self.steady_load = self._steady_agent_load()
         self.base_service_time = rng.uniform(*physics.service_time, size=n_agents)
-        self.alpha = rng.uniform(*physics.headroom, size=n_agents)
+        self._headroom_rank = rng.uniform(size=n_agents)  # alpha = lo + rank * (hi - lo)
         self.physics = physics
         self.reset(physics)
 
@@ -124,6 +124,8 @@ class Fleet:
         """Back to the healthy steady state under (possibly new) physics."""
         self.physics = physics
         p = physics
+        lo, hi = p.headroom
+        self.alpha = lo + self._headroom_rank * (hi - lo)
         self.capacity = (1.0 + self.alpha) * np.maximum(self.steady_load, 1e-3)
         self.queue_limit = p.queue_limit * self.capacity
         self.queue = np.zeros(self.n)
@@ -209,13 +211,16 @@ class Fleet:
         little = arrivals / dt * np.minimum(latency, p.timeout)  # Little's law
         in_flight = np.where(up, np.minimum(self.workers, little), 0.0)
         e_err = np.minimum(e_count, e_count * self.fail_prob[self.e_dst])
+        # rounded as reported, so labels computed from these match the files exactly
+        p50_ms = np.round(np.maximum(p50, 0.0) * 1e3, 3)
         return {
-            "latency_p50_ms": np.maximum(p50, 0.0) * 1e3,
-            "latency_p99_ms": np.maximum(p99, np.maximum(p50, 0.0)) * 1e3,
-            "error_rate": err,
+            "latency_p50_ms": p50_ms,
+            "latency_p99_ms": np.maximum(np.round(p99 * 1e3, 3), p50_ms),
+            "error_rate": np.round(err, 4),
             "request_count": arrivals,
-            "cpu": np.clip(self.served / self.capacity * jitter[2], 0.0, 1.0) * up,
-            "memory": np.clip((0.3 + 0.5 * queue / np.maximum(self.queue_limit, 1e-9)) * jitter[3], 0.0, 1.0),
+            "cpu": np.round(np.clip(self.served / self.capacity * jitter[2], 0.0, 1.0) * up, 4),
+            "memory": np.round(np.clip((0.3 + 0.5 * queue / np.maximum(self.queue_limit, 1e-9))
+                                       * jitter[3], 0.0, 1.0), 4),
             "queue_depth": queue,
             "in_flight": in_flight,
             "up": up,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -34,7 +35,7 @@ def tick_table(sc: Scenario, epoch_s: float, tel: dict[str, np.ndarray]) -> pa.T
     }
     for m in METRICS:
         v = tel[m]
-        cols[m] = pa.array(np.rint(v).astype(np.int64) if m in INTEGER_METRICS else np.round(v, 4))
+        cols[m] = pa.array(np.rint(v).astype(np.int64) if m in INTEGER_METRICS else v)
     cols["calls"] = calls
     return pa.table(cols, schema=TELEMETRY)
 
@@ -51,15 +52,21 @@ def write_table(table: pa.Table, path: str) -> None:
     os.replace(tmp, path)
 
 
-def simulate_to_dir(sc: Scenario, out_dir: str, fmt: str = "ndjson", file_seconds: float = 10.0,
-                    pace_s: float = 0.0, on_file: Callable[[str, int], None] | None = None) -> dict:
-    """Run a scenario, writing one telemetry file per ``file_seconds`` of event time into
-    ``out_dir`` (``pace_s`` of wall time between files, for live demos), then the labels.
-    Returns the labels document."""
+def simulate_to_dir(scenarios: Scenario | list[Scenario], out_dir: str, fmt: str = "ndjson",
+                    file_seconds: float = 10.0, pace_s: float = 0.0,
+                    on_file: Callable[[str, int], None] | None = None) -> dict | list[dict]:
+    """Run scenarios (one per tenant) in lockstep, writing one telemetry file per
+    ``file_seconds`` of event time into ``out_dir`` (all tenants interleaved, as a collector
+    would; ``pace_s`` of wall time between files, for live demos). Returns the labels
+    document (a list of them when given a list of scenarios)."""
+    single = isinstance(scenarios, Scenario)
+    scs = [scenarios] if single else list(scenarios)
     if fmt not in ("ndjson", "parquet"):
         raise ValueError(f"format must be 'ndjson' or 'parquet', got {fmt!r}")
+    if len({sc.cfg.tick_s for sc in scs}) != 1:
+        raise ValueError("scenarios written together need the same tick")
     os.makedirs(out_dir, exist_ok=True)
-    ticks_per_file = max(1, int(round(file_seconds / sc.cfg.tick_s)))
+    ticks_per_file = max(1, int(round(file_seconds / scs[0].cfg.tick_s)))
     chunk: list[pa.Table] = []
     part = 0
 
@@ -67,7 +74,7 @@ def simulate_to_dir(sc: Scenario, out_dir: str, fmt: str = "ndjson", file_second
         nonlocal chunk, part
         if not chunk:
             return
-        path = os.path.join(out_dir, f"{sc.cfg.tenant}-part-{part:06d}.{fmt}")
+        path = os.path.join(out_dir, f"part-{part:06d}.{fmt}")
         table = pa.concat_tables(chunk)
         write_table(table, path)
         if on_file:
@@ -76,12 +83,14 @@ def simulate_to_dir(sc: Scenario, out_dir: str, fmt: str = "ndjson", file_second
         if pace_s:
             time.sleep(pace_s)
 
-    for epoch_s, tel in sc.ticks():
-        chunk.append(tick_table(sc, epoch_s, tel))
-        if len(chunk) == ticks_per_file:
+    streams = [sc.ticks() for sc in scs]
+    for n_ticks, step in enumerate(itertools.zip_longest(*streams), start=1):
+        chunk.extend(tick_table(sc, item[0], item[1]) for sc, item in zip(scs, step) if item is not None)
+        if n_ticks % ticks_per_file == 0:
             flush()
     flush()
-    return sc.labels_document()
+    docs = [sc.labels_document() for sc in scs]
+    return docs[0] if single else docs
 
 
 def write_labels(docs: list[dict], path: str) -> None:

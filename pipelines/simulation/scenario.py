@@ -29,7 +29,7 @@ _MECHANISM_PHYSICS = {
 }
 _MAGNITUDE = {
     "retry_storm": (1.0, 1.8),  # external load multiplier on the root services
-    "load_redistribution": (0.1, 0.9),  # fraction of the root service's replicas killed
+    "load_redistribution": (0.05, 0.5),  # fraction of the root service's replicas killed
     "timeout_propagation": (0.0, 0.15),  # seconds of extra latency on the root services
 }
 
@@ -54,6 +54,8 @@ class ScenarioConfig:
     min_cascade_s: float = 5.0
     services_per_agent: float = 0.2
     physics: Physics = field(default_factory=Physics)
+    # applied after each mechanism's own physics, e.g. (("max_retries", 0),)
+    physics_overrides: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,8 @@ class Scenario:
         g, reps = self.graph, self.fleet.replicas
         if mechanism == "retry_storm":  # a traffic surge on every entry service
             return tuple(int(s) for s in np.flatnonzero(g.external > 0))
-        if mechanism == "load_redistribution":  # replicas of a mid-sized service crash
-            small = np.flatnonzero(reps <= max(4, int(0.05 * self.fleet.n)))
-            return (int(small[np.argmax(reps[small])]),)
+        if mechanism == "load_redistribution":  # replicas of the biggest service crash
+            return (int(np.argmax(reps)),)
         # a slow dependency deep in the graph: the most depended-on service without callees
         callees = np.asarray(g.fanout.sum(axis=0)).ravel()
         leaves = np.flatnonzero(np.diff(g.fanout.indptr) == 0)
@@ -148,17 +149,22 @@ class Scenario:
         elif ep.mechanism == "timeout_propagation":
             fx.extra_latency[roots] = ep.magnitude
         elif t < ep.trigger_s + self.cfg.tick_s:  # load_redistribution: kill once
-            kill = np.zeros(self.fleet.n, dtype=bool)
-            members = np.flatnonzero(np.isin(self.fleet.service, roots))
-            kill[members[: max(1, int(round(ep.magnitude * len(members))))]] = True
-            fx.kill = kill
+            fx.kill = self._root_mask(ep)
         return fx
 
     def _root_mask(self, ep: Episode) -> np.ndarray:
-        return np.isin(self.fleet.service, ep.root_services)
+        """The agents the trigger hits directly: the replicas killed (load redistribution)
+        or every replica of the surged / slowed services."""
+        mask = np.isin(self.fleet.service, ep.root_services)
+        if ep.mechanism == "load_redistribution":
+            members = np.flatnonzero(mask)
+            k = max(1, int(round(ep.magnitude * len(members))))
+            pick = np.random.default_rng([self.cfg.seed, int(ep.start_s)]).permutation(members)
+            mask[pick[k:]] = False
+        return mask
 
     def root_agents(self, ep: Episode) -> list[str]:
-        """The agents of the services the trigger hit."""
+        """The agents the trigger hit directly (excluded when counting the spread)."""
         return [self.agents[i] for i in np.flatnonzero(self._root_mask(ep))]
 
     # -- running -------------------------------------------------------------------------
@@ -183,7 +189,8 @@ class Scenario:
         self.labels = [self._label(ep) for ep in self.episodes]
 
     def _physics(self, ep: Episode) -> Physics:
-        return self.cfg.physics.with_(**_MECHANISM_PHYSICS[ep.mechanism])
+        return self.cfg.physics.with_(**_MECHANISM_PHYSICS[ep.mechanism]).with_(
+            **dict(self.cfg.physics_overrides))
 
     def _label(self, ep: Episode) -> EpisodeLabel:
         cfg = self.cfg
