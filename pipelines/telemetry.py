@@ -69,8 +69,9 @@ def _validator():
 
 
 def _schema_reason(err: fastjsonschema.JsonSchemaValueException) -> tuple[str, str]:
-    if err.rule == "oneOf" and err.name == "data.ts":
-        return WRONG_TYPE, "data.ts must be an RFC 3339 string or non-negative epoch seconds"
+    if err.name == "data.ts":
+        return (WRONG_TYPE if err.rule == "type" else BAD_TIMESTAMP,
+                "data.ts must be an RFC 3339 string or non-negative epoch seconds")
     return _RULE_REASON.get(err.rule, INVALID_VALUE), err.message
 
 

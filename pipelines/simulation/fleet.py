@@ -99,8 +99,10 @@ class Fleet:
     def _steady_agent_load(self) -> np.ndarray:
         """Requests/s per agent with everyone up, by iterating the routing (exact after
         as many rounds as the DAG is deep)."""
+        group_size = np.bincount(self.e_group)[self.e_group]
+        self._all_up_share = 1.0 / group_size
         up = np.ones(self.n)
-        share, _ = self._shares(up)
+        share = self._all_up_share
         svc_w = np.bincount(self.service, up, minlength=self.graph.n_services)
         ext = self.graph.external[self.service] / svc_w[self.service]
         load = ext.copy()
@@ -111,10 +113,12 @@ class Fleet:
             load = nxt
         return load
 
-    def _shares(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _shares(self, up: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Each edge's share of its (caller, callee service) group, and whether the group
-        has any healthy replica left."""
-        e_w = weight[self.e_dst]
+        has any healthy replica left (None: all routed, the common all-up case)."""
+        if up.all():
+            return self._all_up_share, None
+        e_w = up[self.e_dst].astype(float)
         den = np.bincount(self.e_group, e_w)[self.e_group]
         routed = den > 0
         return np.divide(e_w, den, out=np.zeros_like(e_w), where=routed), routed
@@ -157,23 +161,21 @@ class Fleet:
         # A call fails after all attempts with fail_prob**(retries+1); attempts per call
         # are the geometric sum 1 + p + ... + p**retries.
         pf = self.fail_prob
-        attempts = np.where(pf < 1.0, (1.0 - pf ** (retries + 1)) / np.maximum(1.0 - pf, 1e-12),
-                            retries + 1.0)
+        fail_all = pf ** (retries + 1)
+        attempts = np.where(pf < 1.0, (1.0 - fail_all) / np.maximum(1.0 - pf, 1e-12), retries + 1.0)
         weight = up.astype(float)  # clients spread calls evenly over healthy replicas
-        share, routed = self._shares(weight)
-        calls = self.served[self.e_src] * self.e_fan  # logical calls per second on the group
-        e_count = calls * share * attempts[self.e_dst]
+        share, routed = self._shares(up)
+        fan_share = self.e_fan * share
+        e_count = self.served[self.e_src] * fan_share * attempts[self.e_dst]  # calls/s, retries too
         # external clients: spread over the entry service's healthy replicas, with retries
-        svc_w = np.bincount(self.service, weight, minlength=self.graph.n_services)
-        ext = self.graph.external * fx.load_mult
-        ext_share = np.divide(weight, svc_w[self.service], out=np.zeros(n),
-                              where=svc_w[self.service] > 0)
-        rate = ext[self.service] * ext_share * attempts + np.bincount(self.e_dst, e_count, minlength=n)
+        svc_w = np.bincount(self.service, weight, minlength=self.graph.n_services)[self.service]
+        ext_share = np.divide(weight, svc_w, out=np.zeros(n), where=svc_w > 0)
+        ext = (self.graph.external * fx.load_mult)[self.service]
+        rate = ext * ext_share * attempts + np.bincount(self.e_dst, e_count, minlength=n)
         arrivals = self.rng.poisson(rate * dt).astype(float) if emit else rate * dt
         # throughput: own capacity, and workers blocked on slow dependencies
-        cap_lat = np.minimum(self.latency, p.timeout)
-        down_lat = np.bincount(self.e_src, self.e_fan * share * cap_lat[self.e_dst] * attempts[self.e_dst],
-                               minlength=n)
+        waited = np.minimum(self.latency, p.timeout) * attempts  # per call, retries included
+        down_lat = np.bincount(self.e_src, fan_share * waited[self.e_dst], minlength=n)
         # injected latency (a slow disk or link) holds workers longer but costs no CPU
         own_time = self.base_service_time + fx.extra_latency[self.service]
         mu = np.minimum(self.capacity, self.workers / (own_time + down_lat)) * up
@@ -185,8 +187,10 @@ class Fleet:
         wait = np.divide(queue, mu, out=np.full(n, 10.0 * p.timeout), where=mu > 0)
         latency = own_time + wait + down_lat
         # downstream failure after retries, and unroutable calls
-        log_ok = np.log(np.clip(1.0 - self.fail_prob[self.e_dst] ** (retries + 1), 1e-12, 1.0))
-        contrib = np.where(routed, self.e_fan * share * log_ok, self.e_fan * np.log(1e-12))
+        log_ok = np.log(np.clip(1.0 - fail_all, 1e-12, 1.0))
+        contrib = fan_share * log_ok[self.e_dst]
+        if routed is not None:
+            contrib = np.where(routed, contrib, self.e_fan * np.log(1e-12))
         down_fail = 1.0 - np.exp(np.bincount(self.e_src, contrib, minlength=n))
         reject_frac = np.divide(rejected, backlog, out=np.zeros(n), where=backlog > 0)
         error = np.where(up, 1.0 - (1.0 - reject_frac) * (1.0 - down_fail), 1.0)

@@ -19,17 +19,15 @@ from schemas.arrow import CALL_TYPE, INTEGER_METRICS, METRICS, TELEMETRY
 
 def tick_table(sc: Scenario, epoch_s: float, tel: dict[str, np.ndarray]) -> pa.Table:
     """One record per agent for one tick, in the TELEMETRY Arrow schema."""
-    f, n = sc.fleet, sc.fleet.n
+    n = sc.fleet.n
     count = np.rint(tel["edge_count"]).astype(np.int64)
     errors = np.minimum(np.rint(tel["edge_errors"]).astype(np.int64), count)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(f.e_src, minlength=n))]).astype(np.int32)
-    ids = sc.agent_array
-    calls = pa.ListArray.from_arrays(offsets, pa.StructArray.from_arrays(
-        [ids.take(pa.array(f.e_dst)), pa.array(count), pa.array(errors),
+    calls = pa.ListArray.from_arrays(sc.call_offsets, pa.StructArray.from_arrays(
+        [sc.call_dst_array, pa.array(count), pa.array(errors),
          pa.array(np.round(tel["edge_latency_ms"], 3))], fields=list(CALL_TYPE)))
     cols = {
-        "tenant": pa.array(np.full(n, sc.cfg.tenant, dtype=object), pa.string()),
-        "agent_id": ids,
+        "tenant": sc.tenant_array,
+        "agent_id": sc.agent_array,
         "ts": pa.array(np.full(n, int(round(epoch_s * 1000)), dtype=np.int64),
                        pa.timestamp("ms", tz="UTC")),
     }
@@ -44,7 +42,7 @@ def write_table(table: pa.Table, path: str) -> None:
     """Atomically write a telemetry table as Parquet or NDJSON (by extension)."""
     tmp = path + ".tmp"
     if path.endswith(".parquet"):
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, compression="zstd")
     else:
         with open(tmp, "wb") as fh:
             for row in table.to_pylist():

@@ -106,7 +106,12 @@ class Scenario:
         self.graph = build_graph(cfg.graph, n_services, self.rng)
         self.fleet = Fleet(self.graph, cfg.n_agents, cfg.physics, self.rng)
         self.agents = agent_ids(cfg.n_agents)
+        # static columns of every tick's telemetry table, built once
         self.agent_array = pa.array(self.agents, pa.string())
+        self.tenant_array = pa.array([cfg.tenant] * cfg.n_agents, pa.string())
+        self.call_dst_array = self.agent_array.take(pa.array(self.fleet.e_dst))
+        per_agent = np.bincount(self.fleet.e_src, minlength=cfg.n_agents)
+        self.call_offsets = pa.array(np.concatenate([[0], np.cumsum(per_agent)]).astype(np.int32))
         self.episodes = self._plan()
         self.labels: list[EpisodeLabel] = []
         self.unhealthy_counts = np.zeros(0, dtype=np.int64)
