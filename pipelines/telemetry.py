@@ -7,6 +7,7 @@ reason code, a readable detail and its source position. Nothing raises on bad in
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,8 +59,14 @@ class DeadLetter:
     raw: bytes
 
     def to_dict(self) -> dict:
-        return {"reason": self.reason, "detail": self.detail, "source": self.source,
-                "position": self.position, "raw": self.raw.decode("utf-8", "backslashreplace")}
+        """JSON-ready form: the original bytes as text, or base64 when they are not UTF-8."""
+        out = {"reason": self.reason, "detail": self.detail, "source": self.source,
+               "position": self.position}
+        try:
+            out["raw"] = self.raw.decode("utf-8")
+        except UnicodeDecodeError:
+            out["raw_base64"] = base64.b64encode(self.raw).decode("ascii")
+        return out
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@ original bytes and its position; the fast validator agrees with the JSON Schema.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import jsonschema
@@ -155,3 +156,11 @@ def test_parsing_never_raises_and_counts_reconcile(lines):
     res = tm.parse_lines(lines, "fuzz", tm.TimestampGuard())
     assert res.n_read == len(res.records) + len(res.dead)
     assert res.n_read == sum(1 for ln in lines if ln.strip())
+
+
+def test_dead_letter_keeps_the_exact_bytes_even_when_not_utf8():
+    raw = b'{"tenant": "\xff\xfe"}'
+    [dead] = tm.parse_lines([raw], "s").dead
+    d = dead.to_dict()
+    assert "raw" not in d and base64.b64decode(d["raw_base64"]) == raw
+    assert tm.parse_lines([b'{"x": 1}'], "s").dead[0].to_dict()["raw"] == '{"x": 1}'

@@ -179,16 +179,18 @@ class Scenario:
         counts: list[int] = []
         n_ticks = int(round(cfg.duration_s / cfg.tick_s))
         ep_i, ep = 0, self.episodes[0]
+        roots = self._root_mask(ep)
         self.fleet.reset(self._physics(ep))
         for k in range(n_ticks):
             t = k * cfg.tick_s
             while t >= ep.end_s and ep_i + 1 < len(self.episodes):
                 ep_i += 1
                 ep = self.episodes[ep_i]
+                roots = self._root_mask(ep)
                 self.fleet.reset(self._physics(ep))
             tel = self.fleet.step(t, self._effects(ep, t), dt=cfg.tick_s)
             sick = unhealthy(tel["error_rate"], tel["latency_p99_ms"], self.fleet.physics.timeout)
-            counts.append(int(sick.sum() - sick[self._root_mask(ep)].sum()))
+            counts.append(int(sick.sum() - sick[roots].sum()))
             yield cfg.start_epoch_s + t, tel
         self.unhealthy_counts = np.asarray(counts, dtype=np.int64)
         self.labels = [self._label(ep) for ep in self.episodes]
