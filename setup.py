@@ -20,6 +20,14 @@ RUNTIME = [
     "orjson==3.13.0",
     "great-expectations==1.24.1",
     "tqdm==4.70.1",
+    # persistent homology (issue 3)
+    "ripser==0.6.15",
+    "persim==0.4.1",
+    "giotto-ph==0.2.4",
+    "scikit-learn==1.9.1",
+    # joblib 1.6 needs cloudpickle>=3, Beam 2.61 needs cloudpickle~=2.2.1
+    "joblib==1.5.2",
+    "cloudpickle==2.2.1",
 ]
 
 TEST = [

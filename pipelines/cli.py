@@ -90,6 +90,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float,
                    help="landing: stop after this many seconds without new files")
     p.add_argument("--max-runtime", dest="max_runtime_s", type=float)
+    p.add_argument("--no-features", dest="features", action="store_false", default=None,
+                   help="stop after windowing (no topology features)")
+    p.add_argument("--ph-backend", choices=("ripser", "giotto"))
+    p.add_argument("--comove-max-points", dest="comove_max_points", type=int)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -102,25 +106,27 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           window_size_s=a.window_size_s, window_slide_s=a.window_slide_s,
                           allowed_lateness_s=a.allowed_lateness_s,
                           max_out_of_orderness_s=a.max_out_of_orderness_s,
-                          idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s)
-    spec = cfg.window_spec()
+                          idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s,
+                          features=a.features, ph_backend=a.ph_backend,
+                          comove_max_points=a.comove_max_points)
+    spec, extractor = cfg.window_spec(), cfg.extractor()
     bar = None if a.no_progress else _progress(progress_total)
     if cfg.landing:
         on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
         source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                   poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
                                   max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
-        summary = job.run_landing(source, cfg.out)
+        summary = job.run_landing(source, cfg.out, extractor)
     else:
         paths = job.expand_inputs(cfg.input)
         if bar is not None:
             bar.total = len(paths)
             bar.unit = "file"
         if cfg.mode == "batch":
-            summary = job.run_batch(paths, spec, cfg.out)
+            summary = job.run_batch(paths, spec, cfg.out, extractor)
         else:
             summary = job.run_files_streaming(paths, spec, cfg.out, cfg.max_out_of_orderness_s,
-                                              cfg.guard())
+                                              cfg.guard(), extractor)
         if bar is not None:
             bar.update(len(paths))
     if bar is not None:
@@ -142,10 +148,15 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
             ("records windowed", s.windowed), ("records dead-lettered", s.dead_total)]
     rows += [(f"  - {reason}", n) for reason, n in sorted(s.dead.items())]
     rows += [("windows emitted", s.windows), ("snapshot panes", s.panes),
+             ("feature rows", s.feature_rows),
+             ("windows dead-lettered (features)", sum(s.window_dead.values()))]
+    rows += [(f"  - {reason}", n) for reason, n in sorted(s.window_dead.items())]
+    rows += [
              ("reconciles (in = windowed + dead)", "yes" if s.reconciles else "NO"),
              ("elapsed", f"{s.elapsed_s:.1f} s"),
              ("throughput", f"{s.read / max(s.elapsed_s, 1e-9):,.0f} records/s"),
              ("snapshots", os.path.join(s.out_dir, "snapshots")),
+             ("features", os.path.join(s.out_dir, "features")),
              ("dead letters", os.path.join(s.out_dir, "deadletter"))]
     rows += list((extra or {}).items())
     width = max(len(str(k)) for k, _ in rows)
@@ -204,7 +215,8 @@ def demo(a: argparse.Namespace) -> int:
     run_args = argparse.Namespace(config=None, input=None, landing=landing, out=os.path.join(root, "run"),
                                   mode="streaming", window_size_s=None, window_slide_s=None,
                                   allowed_lateness_s=None, max_out_of_orderness_s=None,
-                                  idle_timeout_s=None, max_runtime_s=None, no_progress=a.no_progress)
+                                  idle_timeout_s=None, max_runtime_s=None, no_progress=a.no_progress,
+                                  features=None, ph_backend=None, comove_max_points=None)
     summary = run_job(run_args, progress_total=int(a.agents * a.duration))
     producer.join()
     if failure:

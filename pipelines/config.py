@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, fields
 
 from pipelines.telemetry import TimestampGuard
+from pipelines.topology.features import FeatureExtractor
+from pipelines.topology.filtrations import CoMovementCloud, StressFiltration
 from pipelines.windowing import WindowSpec
 
 
@@ -28,6 +30,11 @@ class RunConfig:
     poll_interval_s: float = 0.2
     idle_timeout_s: float | None = None  # landing: stop after this long without new files
     max_runtime_s: float | None = None
+    features: bool = True  # the topology feature stage after windowing
+    ph_backend: str = "ripser"  # ripser | giotto (giotto-ph)
+    comove_max_points: int = 100  # larger co-movement clouds are subsampled (greedy permutation)
+    timeout_ms: float = 1000.0  # calls slower than this count as failed (stress = 1)
+    latency_ref_ms: float = 50.0  # link latency with no stress
 
     def validate(self) -> RunConfig:
         if (self.input is None) == (self.landing is None):
@@ -37,10 +44,21 @@ class RunConfig:
         if self.mode == "batch" and self.landing is not None:
             raise ValueError("a landing directory is read by the streaming job; use --input for batch")
         self.window_spec()  # raises on a bad window
+        if self.ph_backend not in ("ripser", "giotto"):
+            raise ValueError(f"ph_backend must be 'ripser' or 'giotto', got {self.ph_backend!r}")
+        self.extractor()  # raises on bad feature parameters
         return self
 
     def window_spec(self) -> WindowSpec:
         return WindowSpec(self.window_size_s, self.window_slide_s, self.allowed_lateness_s)
+
+    def extractor(self) -> FeatureExtractor | None:
+        if not self.features:
+            return None
+        return FeatureExtractor(
+            stress=StressFiltration(self.latency_ref_ms, self.timeout_ms, self.ph_backend),
+            comove=CoMovementCloud(max_points=self.comove_max_points, backend=self.ph_backend),
+            timeout_ms=self.timeout_ms)
 
     def guard(self) -> TimestampGuard:
         return TimestampGuard(self.max_ahead_s, self.max_behind_s)

@@ -1,0 +1,1 @@
+"""Topology features: persistent homology of each window's interaction graph."""
