@@ -31,7 +31,7 @@ class RunConfig:
     idle_timeout_s: float | None = None  # landing: stop after this long without new files
     max_runtime_s: float | None = None
     features: bool = True  # the topology feature stage after windowing
-    ph_backend: str = "ripser"  # ripser | giotto (giotto-ph)
+    ph_backend: str = "giotto"  # giotto (giotto-ph, faster) | ripser: the same diagrams
     comove_max_points: int = 100  # larger co-movement clouds are subsampled (greedy permutation)
     timeout_ms: float = 1000.0  # calls slower than this count as failed (stress = 1)
     latency_ref_ms: float = 50.0  # link latency with no stress

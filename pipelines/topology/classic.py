@@ -27,19 +27,21 @@ def _q(x: np.ndarray, q: float) -> float:
     return float(np.quantile(x, q)) if len(x) else 0.0
 
 
-def fleet_series(snap: WindowSnapshot, column: int, bin_s: float, reduce: str = "mean") -> np.ndarray:
-    """Per-bin fleet mean (or sum) of one metric over the window's samples."""
-    n_bins = max(1, int(np.ceil((snap.window_end - snap.window_start) / bin_s)))
+def fleet_series(snap: WindowSnapshot, bins: tuple[np.ndarray, int], columns: list[int]
+                 ) -> np.ndarray:
+    """(len(columns), bins) per-bin fleet sums of metrics, and in the last row the number
+    of finite samples per bin (from the first column)."""
+    col, n_bins = bins
     if len(snap.sample_agent) == 0:
-        return np.zeros(0)
-    col = np.clip((snap.sample_offset_s // bin_s).astype(np.int64), 0, n_bins - 1)
-    vals = snap.sample_values[:, column]
-    ok = np.isfinite(vals)
-    sums = np.bincount(col[ok], vals[ok], minlength=n_bins)
-    if reduce == "sum":
-        return sums
-    cnt = np.bincount(col[ok], minlength=n_bins)
-    return sums[cnt > 0] / cnt[cnt > 0]
+        return np.zeros((len(columns) + 1, 0))
+    out = np.zeros((len(columns) + 1, n_bins))
+    for i, c in enumerate(columns):
+        vals = snap.sample_values[:, c]
+        ok = np.isfinite(vals)
+        out[i] = np.bincount(col[ok], vals[ok], minlength=n_bins)
+        if i == 0:
+            out[-1] = np.bincount(col[ok], minlength=n_bins)
+    return out
 
 
 def variance_ac1(x: np.ndarray) -> tuple[float, float]:
@@ -53,21 +55,23 @@ def variance_ac1(x: np.ndarray) -> tuple[float, float]:
     return var, ac1
 
 
-def classic_features(snap: WindowSnapshot, timeout_ms: float, bin_s: float = 1.0) -> list[float]:
+def classic_features(snap: WindowSnapshot, timeout_ms: float, bins: tuple[np.ndarray, int]) -> list[float]:
     n = len(snap.agents)
     seen = snap.n_samples > 0
     m = snap.metrics[seen] if n else np.zeros((0, len(METRICS)))
     err, p99 = m[:, _ERR], m[:, _P99]
     sick = (np.nan_to_num(err) >= 0.5) | (np.nan_to_num(p99) >= timeout_ms)
     requests = np.nan_to_num(m[:, _REQ])
-    load = fleet_series(snap, _REQ, bin_s, "sum")
+    sums = fleet_series(snap, bins, [_P99, _ERR, _REQ])
+    have = sums[-1] > 0
+    load = sums[2]
     half = len(load) // 2
     first, second = load[:half].sum(), load[half:].sum() if half else 0.0
     callers = np.unique(snap.edge_src)
     caller_requests = np.nan_to_num(snap.metrics[callers, _REQ]).sum() if len(callers) else 0.0
     calls = float(snap.edge_count.sum())
-    lat_var, lat_ac1 = variance_ac1(np.log1p(fleet_series(snap, _P99, bin_s)))
-    err_var, err_ac1 = variance_ac1(fleet_series(snap, _ERR, bin_s))
+    lat_var, lat_ac1 = variance_ac1(np.log1p(sums[0][have] / sums[-1][have]))
+    err_var, err_ac1 = variance_ac1(sums[1][have] / sums[-1][have])
     return [
         float(np.log10(1 + n)),
         float(seen.mean()) if n else 0.0,

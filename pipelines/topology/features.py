@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.topology.classic import CLASSIC_NAMES, classic_features
 from pipelines.topology.diagram_features import summary, summary_names, top_bars, wasserstein
-from pipelines.topology.filtrations import CoMovementCloud, StressFiltration
+from pipelines.topology.filtrations import CoMovementCloud, StressFiltration, sample_bins
 from pipelines.windowing import WindowSnapshot
 from schemas import FEATURES_SCHEMA, FEATURES_SCHEMA_VERSION
 
@@ -49,7 +49,7 @@ class FeatureExtractor:
     comove: CoMovementCloud = field(default_factory=CoMovementCloud)
     timeout_ms: float = 1000.0
     noise: float = 0.05  # bars shorter than this are noise
-    stability_bars: int = 100  # most persistent bars kept for the Wasserstein distance
+    stability_bars: int = 50  # most persistent bars kept for the Wasserstein distance
     bin_s: float = 1.0
 
     @staticmethod
@@ -67,12 +67,12 @@ class FeatureExtractor:
         return [*cls.window_names(), *SEQUENCE_NAMES]
 
     def window(self, snap: WindowSnapshot) -> WindowFeatures:
-        st = self.stress.diagrams(snap)
-        cm = self.comove.diagrams(snap)
-        n = max(st.n_points, 1)
-        _, _, values = self.stress.edge_values(snap)
-        m = max(cm.n_points, 1)
-        z = self.comove.standardized_series(snap)
+        u, v, values = self.stress.edge_values(snap)
+        st = self.stress.diagrams_of(len(snap.agents), u, v, values)
+        bins = sample_bins(snap, self.bin_s)
+        z = self.comove.standardized_series(snap, bins if self.comove.bin_s == self.bin_s else None)
+        cm = self.comove.diagrams_of(z)
+        n, m = max(st.n_points, 1), max(cm.n_points, 1)
         mean_corr = 0.0
         if len(z) > 1:
             s = z.sum(axis=0)
@@ -84,7 +84,7 @@ class FeatureExtractor:
                *summary(cm.h0, COMOVE_THRESHOLDS, self.noise, m),
                *summary(cm.h1, COMOVE_THRESHOLDS, self.noise, m),
                float(np.log10(1 + cm.n_points)), float(cm.subsampled), mean_corr,
-               *classic_features(snap, self.timeout_ms, self.bin_s)]
+               *classic_features(snap, self.timeout_ms, bins)]
         names = self.window_names()
         lat_var, lat_ac1 = row[names.index("ews_latency_var")], row[names.index("ews_latency_ac1")]
         k = self.stability_bars

@@ -38,19 +38,46 @@ class Diagrams:
 
 def greedy_permutation(points: np.ndarray, k: int) -> np.ndarray:
     """Indices of the first ``k`` points of the furthest-point (greedy) permutation from
-    point 0: the same sequence as ``ripser``'s ``n_perm`` subsampling (a test checks it),
-    in plain numpy instead of one scikit-learn call per point (~1 ms each)."""
+    point 0: the sequence ``ripser``'s ``n_perm`` subsampling takes (a test checks it), in
+    plain numpy with one matrix-vector product per step instead of one scikit-learn call
+    per point (~1 ms each)."""
     k = min(k, len(points))
     idx = np.zeros(k, dtype=np.int64)
-    d = ((points - points[0]) ** 2).sum(axis=1)
+    points = np.ascontiguousarray(points, dtype=float)
+    sq = (points * points).sum(axis=1)
+
+    def dist2(j: int) -> np.ndarray:  # |x - p_j|^2 for every x, in place
+        out = points @ points[j]
+        out *= -2.0
+        out += sq
+        out += sq[j]
+        return out
+
+    d = dist2(0)
     for i in range(1, k):
-        idx[i] = int(np.argmax(d))
-        d = np.minimum(d, ((points - points[idx[i]]) ** 2).sum(axis=1))
+        j = int(np.argmax(d))
+        idx[i] = j
+        np.minimum(d, dist2(j), out=d)
     return idx
 
 
-def persistence(dist, *, distance_matrix: bool, backend: str = "ripser", n_perm: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def canonical_first(points: np.ndarray) -> np.ndarray:
+    """``points`` reordered so that row 0 is the lexicographically largest row: a start
+    for the greedy permutation that does not depend on how agents are labelled."""
+    cand = np.arange(len(points))
+    for c in range(points.shape[1]):
+        col = points[cand, c]
+        cand = cand[col == col.max()]
+        if len(cand) == 1:
+            break
+    first = int(cand[0])
+    order = np.arange(len(points))
+    order[[0, first]] = order[[first, 0]]
+    return points[order]
+
+
+def persistence(dist, *, distance_matrix: bool, backend: str = "ripser", n_perm: int | None = None,
+                thresh: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """H0 and H1 of a Rips filtration (sparse or dense distance matrix, or point cloud).
 
     ``n_perm`` (point clouds only) keeps the first ``n_perm`` points of ripser's greedy
@@ -62,15 +89,22 @@ def persistence(dist, *, distance_matrix: bool, backend: str = "ripser", n_perm:
     if backend == "ripser":
         from ripser import ripser
 
-        dgms = ripser(dist, maxdim=1, distance_matrix=distance_matrix)["dgms"]
+        dgms = ripser(dist, maxdim=1, distance_matrix=distance_matrix, thresh=thresh)["dgms"]
     elif backend == "giotto":
         from gph import ripser_parallel
 
         metric = "precomputed" if distance_matrix else "euclidean"
-        dgms = ripser_parallel(dist, maxdim=1, metric=metric, n_threads=1)["dgms"]
+        dgms = ripser_parallel(dist, maxdim=1, metric=metric, n_threads=1, thresh=thresh)["dgms"]
     else:
         raise ValueError(f"unknown persistence backend {backend!r}; use 'ripser' or 'giotto'")
     return np.asarray(dgms[0], float).reshape(-1, 2), np.asarray(dgms[1], float).reshape(-1, 2)
+
+
+def sample_bins(snap: WindowSnapshot, bin_s: float) -> tuple[np.ndarray, int]:
+    """Each sample's time bin in the window, and the number of bins."""
+    n_bins = max(1, int(np.ceil((snap.window_end - snap.window_start) / bin_s)))
+    col = np.clip((snap.sample_offset_s // bin_s).astype(np.int64), 0, n_bins - 1)
+    return col, n_bins
 
 
 @dataclass(frozen=True)
@@ -84,7 +118,7 @@ class StressFiltration:
 
     latency_ref_ms: float = 50.0
     timeout_ms: float = 1000.0
-    backend: str = "ripser"
+    backend: str = "giotto"  # giotto-ph: same diagrams as ripser, faster (bench_features)
 
     def __post_init__(self):
         if not 0 < self.latency_ref_ms < self.timeout_ms:
@@ -112,10 +146,12 @@ class StressFiltration:
         return key[first] // n, key[first] % n, value[first]
 
     def diagrams(self, snap: WindowSnapshot) -> Diagrams:
-        n = len(snap.agents)
+        return self.diagrams_of(len(snap.agents), *self.edge_values(snap))
+
+    def diagrams_of(self, n: int, u: np.ndarray, v: np.ndarray, value: np.ndarray) -> Diagrams:
+        """Diagrams of the graph on ``n`` vertices with links (u, v) entering at ``value``."""
         if n == 0:
             return Diagrams.empty()
-        u, v, value = self.edge_values(snap)
         # ripser reads a sparse matrix as the filtration: diagonal = vertex births (0),
         # off-diagonal = edge values; a stored 0 would vanish, so shift by a tiny epsilon
         eps = 1e-12
@@ -134,14 +170,16 @@ class CoMovementCloud:
     constant series carry no co-movement and are left out. Computed on standardised series
     as Euclidean points (|z_i - z_j|^2 / 2 = 1 - rho_ij, a monotone change that keeps the
     persistence pairs) and reported in 1 - rho units. More than ``max_points`` agents are
-    subsampled with ripser's greedy permutation, from a canonical (label-free) order.
+    subsampled with ripser's greedy permutation, from a canonical (label-free) start.
+    Links longer than ``max_distance`` never enter (bars alive there are infinite).
     """
 
     metric: str = "latency_p99_ms"
+    max_distance: float = 1.0  # in 1 - rho: only positively correlated agents link
     bin_s: float = 1.0
     min_samples: int = 3
     max_points: int = 100
-    backend: str = "ripser"
+    backend: str = "giotto"  # giotto-ph: same diagrams as ripser, faster (bench_features)
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -149,19 +187,19 @@ class CoMovementCloud:
         if self.max_points < 2 or self.min_samples < 2 or self.bin_s <= 0:
             raise ValueError("need max_points >= 2, min_samples >= 2 and bin_s > 0")
 
-    def standardized_series(self, snap: WindowSnapshot) -> np.ndarray:
-        """(agents with usable series, bins) matrix of z-scored series (unit norm)."""
+    def standardized_series(self, snap: WindowSnapshot, bins: tuple[np.ndarray, int] | None = None
+                            ) -> np.ndarray:
+        """(agents with usable series, bins) matrix of z-scored series (unit norm).
+        ``bins``: the samples' bins, when the caller already has them (``sample_bins``)."""
         if len(snap.sample_agent) == 0:
             return np.zeros((0, 0))
-        n_bins = max(1, int(np.ceil((snap.window_end - snap.window_start) / self.bin_s)))
-        col = np.clip((snap.sample_offset_s // self.bin_s).astype(np.int64), 0, n_bins - 1)
+        col, n_bins = bins if bins is not None else sample_bins(snap, self.bin_s)
         vals = snap.sample_values[:, METRICS.index(self.metric)]
         n = len(snap.agents)
-        sums = np.zeros((n, n_bins))
-        cnt = np.zeros((n, n_bins))
         ok = np.isfinite(vals)
-        np.add.at(sums, (snap.sample_agent[ok], col[ok]), vals[ok])
-        np.add.at(cnt, (snap.sample_agent[ok], col[ok]), 1.0)
+        cell = snap.sample_agent[ok].astype(np.int64) * n_bins + col[ok]
+        sums = np.bincount(cell, vals[ok], minlength=n * n_bins).reshape(n, n_bins)
+        cnt = np.bincount(cell, minlength=n * n_bins).reshape(n, n_bins)
         have = cnt > 0
         keep = have.sum(axis=1) >= self.min_samples
         series = np.divide(sums, cnt, out=np.zeros_like(sums), where=have)[keep]
@@ -173,14 +211,18 @@ class CoMovementCloud:
         return z[usable] / norm[usable, None]
 
     def diagrams(self, snap: WindowSnapshot) -> Diagrams:
-        z = self.standardized_series(snap)
+        return self.diagrams_of(self.standardized_series(snap))
+
+    def diagrams_of(self, z: np.ndarray) -> Diagrams:
+        """Diagrams of standardised series (rows), in 1 - rho units."""
         m = len(z)
         if m == 0:
             return Diagrams(np.zeros((0, 2)), np.zeros((0, 2)), 0, 0)
-        order = np.lexsort(z.T[::-1])  # canonical order: the greedy permutation starts here
-        z = z[order]
         subsample = m > self.max_points
+        if subsample:
+            z = canonical_first(z)
         h0, h1 = persistence(z, distance_matrix=False, backend=self.backend,
-                             n_perm=self.max_points if subsample else None)
+                             n_perm=self.max_points if subsample else None,
+                             thresh=float(np.sqrt(2.0 * self.max_distance)))
         to_rho = lambda d: np.where(np.isfinite(d), d * d / 2.0, d)  # noqa: E731
         return Diagrams(to_rho(h0), to_rho(h1), min(m, self.max_points), m, subsample)
