@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_beam.py
+	$(BIN)/python bench/bench_features.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
