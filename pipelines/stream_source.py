@@ -70,8 +70,8 @@ class EventBuilder:
         self.max_seen: float | None = None
         self.stats = SourceStats()
 
-    def from_result(self, res: ParseResult) -> list[Event]:
-        """Events for one parsed batch (no watermark change)."""
+    def from_result(self, res: ParseResult, source: str) -> list[Event]:
+        """Events for one parsed batch from ``source`` (no watermark change)."""
         self.stats.read += res.n_read
         dead = list(res.dead)
         ok: list[dict] = []
@@ -79,7 +79,7 @@ class EventBuilder:
             t = rec["event_time"]
             if self.watermark is not None and self.spec.is_late(t, self.watermark):
                 dead.append(DeadLetter(LATE, f"event time {t:.3f}: its windows closed before "
-                                       f"watermark {self.watermark:.3f}", "", pos, raw))
+                                       f"watermark {self.watermark:.3f}", source, pos, raw))
             else:
                 ok.append(rec)
         self.stats.emitted += len(ok)
@@ -95,23 +95,11 @@ class EventBuilder:
         return events
 
     def lines(self, lines: Iterable[bytes], source: str) -> list[Event]:
-        res = parse_lines(lines, source, self.guard)
-        return self._fix_sources(self.from_result(res), source)
+        return self.from_result(parse_lines(lines, source, self.guard), source)
 
     def file(self, path: str) -> list[Event]:
         self.stats.files += 1
-        return self._fix_sources(self.from_result(parse_file(path, self.guard)), path)
-
-    @staticmethod
-    def _fix_sources(events: list[Event], source: str) -> list[Event]:
-        out: list[Event] = []
-        for ev in events:
-            if isinstance(ev, DeadLetters):
-                ev = DeadLetters([d if d.source else DeadLetter(d.reason, d.detail, source,
-                                                                d.position, d.raw)
-                                  for d in ev.items])
-            out.append(ev)
-        return out
+        return self.from_result(parse_file(path, self.guard), path)
 
     def file_then_advance(self, path: str, lag_s: float) -> list[Event]:
         """Events of one file, then the watermark moved to (largest event time - lag)."""
