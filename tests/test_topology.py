@@ -197,3 +197,12 @@ def test_a_window_that_fails_is_dead_lettered_and_the_job_goes_on(tmp_path):
     assert s.window_dead["feature_error"] > 0 and s.feature_rows > 0
     assert s.feature_rows + s.window_dead["feature_error"] == s.panes
     assert {k[0] for k in read_features(str(tmp_path / "o"))} == {"acme"}
+
+
+def test_transformers_map_lists_of_snapshots():
+    snaps = [snapshot_from_edges(np.array([[0, 1], [1, 2], [2, 3], [3, 0]]), 4, np.random.default_rng(k),
+                                 start=10.0 * k) for k in range(3)]
+    assert [len(d.h1) for d in StressFiltration().transform(snaps)] == [1, 1, 1]
+    x = FX.transform(snaps)
+    assert x.shape == (3, len(FeatureExtractor.names()))
+    assert list(x[:, FeatureExtractor.names().index("has_previous")]) == [0.0, 1.0, 1.0]

@@ -95,6 +95,15 @@ class FeatureExtractor:
             (top_bars(cm.h0, k, 2.0), top_bars(cm.h1, k, 2.0)),
             (lat_var, lat_ac1))
 
+    def transform(self, snaps: list[WindowSnapshot]) -> np.ndarray:
+        """(windows, features) for one tenant's snapshots, in event-time order."""
+        from pipelines.topology.sequence import fold
+
+        slide = min((b.window_start - a.window_start for a, b in zip(snaps, snaps[1:])
+                     if b.window_start > a.window_start), default=0.0)
+        rows = fold(self, [self.window(s) for s in snaps], slide)
+        return np.array([vec for _, vec in rows]).reshape(len(rows), len(self.names()))
+
     def sequence(self, prev: WindowFeatures | None, cur: WindowFeatures) -> np.ndarray:
         """The full vector (``names()`` order): window part + change since ``prev``."""
         if prev is None:

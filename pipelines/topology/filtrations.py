@@ -148,6 +148,10 @@ class StressFiltration:
     def diagrams(self, snap: WindowSnapshot) -> Diagrams:
         return self.diagrams_of(len(snap.agents), *self.edge_values(snap))
 
+    def transform(self, snaps: list[WindowSnapshot]) -> list[Diagrams]:
+        """scikit-learn style: one Diagrams per snapshot; nothing is fitted."""
+        return [self.diagrams(s) for s in snaps]
+
     def diagrams_of(self, n: int, u: np.ndarray, v: np.ndarray, value: np.ndarray) -> Diagrams:
         """Diagrams of the graph on ``n`` vertices with links (u, v) entering at ``value``."""
         if n == 0:
@@ -212,6 +216,10 @@ class CoMovementCloud:
 
     def diagrams(self, snap: WindowSnapshot) -> Diagrams:
         return self.diagrams_of(self.standardized_series(snap))
+
+    def transform(self, snaps: list[WindowSnapshot]) -> list[Diagrams]:
+        """scikit-learn style: one Diagrams per snapshot; nothing is fitted."""
+        return [self.diagrams(s) for s in snaps]
 
     def diagrams_of(self, z: np.ndarray) -> Diagrams:
         """Diagrams of standardised series (rows), in 1 - rho units."""
