@@ -85,7 +85,7 @@ def test_load_redistribution_failed_fraction_grows_as_alpha_shrinks():
     failed = []
     alphas = (0.02, 0.1, 0.2, 0.4, 0.8)
     for a in alphas:
-        sc, ticks = run(one_episode("load_redistribution", 0.4,
+        sc, ticks = run(one_episode("load_redistribution", 0.4, ramp_s=(0.0, 0.0),  # all at once
                                     physics_overrides=(("headroom", (a, a + 0.3)),)))
         last = ticks[-1]
         sick = unhealthy(last["error_rate"], last["latency_p99_ms"], 1.0)

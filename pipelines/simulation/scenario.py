@@ -28,8 +28,8 @@ _MECHANISM_PHYSICS = {
     "timeout_propagation": dict(max_retries=1),
 }
 _MAGNITUDE = {
-    "retry_storm": (1.0, 1.8),  # external load multiplier on the root services
-    "load_redistribution": (0.05, 0.5),  # fraction of the root service's replicas killed
+    "retry_storm": (1.0, 2.2),  # external load multiplier on the root services
+    "load_redistribution": (0.05, 0.7),  # fraction of the root service's replicas killed
     "timeout_propagation": (0.0, 0.15),  # seconds of extra latency on the root services
 }
 
@@ -48,7 +48,8 @@ class ScenarioConfig:
     mechanisms: tuple[str, ...] = MECHANISMS
     episode_s: tuple[float, float] = (150.0, 300.0)
     calm_s: tuple[float, float] = (40.0, 80.0)
-    trigger_s: tuple[float, float] = (15.0, 40.0)
+    trigger_s: tuple[float, float] = (15.0, 40.0)  # how long a trigger holds at full strength
+    ramp_s: tuple[float, float] = (20.0, 60.0)  # how long it takes to build up (precursors)
     severities: tuple[float, ...] = ()  # per episode in [0, 1]; drawn when empty
     cascade_fraction: float = 0.1
     min_cascade_s: float = 5.0
@@ -65,6 +66,7 @@ class Episode:
     mechanism: str
     trigger_s: float
     trigger_end_s: float
+    ramp_s: float
     magnitude: float
     severity: float
     root_services: tuple[int, ...]
@@ -127,8 +129,9 @@ class Scenario:
             lo, hi = _MAGNITUDE[mech]
             trig = t + min(rng.uniform(*cfg.calm_s), 0.3 * length)
             dur = rng.uniform(*cfg.trigger_s)
-            eps.append(Episode(t, t + length, mech, trig, trig + dur, lo + sev * (hi - lo), float(sev),
-                               self._roots(mech)))
+            ramp = rng.uniform(*cfg.ramp_s)
+            eps.append(Episode(t, t + length, mech, trig, trig + ramp + dur, ramp,
+                               lo + sev * (hi - lo), float(sev), self._roots(mech)))
             t += length
         return eps
 
@@ -150,23 +153,38 @@ class Scenario:
             return fx
         roots = list(ep.root_services)
         if ep.mechanism == "retry_storm":
-            fx.load_mult[roots] = ep.magnitude
+            fx.load_mult[roots] = 1.0 + (ep.magnitude - 1.0) * self._ramp(ep, t)
         elif ep.mechanism == "timeout_propagation":
-            fx.extra_latency[roots] = ep.magnitude
-        elif t < ep.trigger_s + self.cfg.tick_s:  # load_redistribution: kill once
-            fx.kill = self._root_mask(ep)
+            fx.extra_latency[roots] = ep.magnitude * self._ramp(ep, t)
+        else:  # load_redistribution: the doomed replicas crash one after another
+            doomed = self._doomed(ep)
+            now = int(np.ceil(self._ramp(ep, t) * len(doomed)))
+            before = int(np.ceil(self._ramp(ep, t - self.cfg.tick_s) * len(doomed)))
+            if now > before:
+                fx.kill = np.zeros(self.fleet.n, dtype=bool)
+                fx.kill[doomed[before:now]] = True
         return fx
+
+    def _ramp(self, ep: Episode, t: float) -> float:
+        """Strength of the trigger at ``t``, from 0 at its start to 1 after the ramp."""
+        if t < ep.trigger_s:
+            return 0.0
+        return 1.0 if ep.ramp_s <= 0 else min(1.0, (t - ep.trigger_s + self.cfg.tick_s) / ep.ramp_s)
+
+    def _doomed(self, ep: Episode) -> np.ndarray:
+        """Load redistribution: the replicas the trigger crashes, in crash order."""
+        members = np.flatnonzero(np.isin(self.fleet.service, ep.root_services))
+        k = max(1, int(round(ep.magnitude * len(members))))
+        return np.random.default_rng([self.cfg.seed, int(ep.start_s)]).permutation(members)[:k]
 
     def _root_mask(self, ep: Episode) -> np.ndarray:
         """The agents the trigger hits directly: the replicas killed (load redistribution)
         or every replica of the surged / slowed services."""
-        mask = np.isin(self.fleet.service, ep.root_services)
         if ep.mechanism == "load_redistribution":
-            members = np.flatnonzero(mask)
-            k = max(1, int(round(ep.magnitude * len(members))))
-            pick = np.random.default_rng([self.cfg.seed, int(ep.start_s)]).permutation(members)
-            mask[pick[k:]] = False
-        return mask
+            mask = np.zeros(self.fleet.n, dtype=bool)
+            mask[self._doomed(ep)] = True
+            return mask
+        return np.isin(self.fleet.service, ep.root_services)
 
     def root_agents(self, ep: Episode) -> list[str]:
         """The agents the trigger hit directly (excluded when counting the spread)."""
