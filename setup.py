@@ -28,6 +28,15 @@ RUNTIME = [
     # joblib 1.6 needs cloudpickle>=3, Beam 2.61 needs cloudpickle~=2.2.1
     "joblib==1.5.2",
     "cloudpickle==2.2.1",
+    # prediction at run time (issue 4)
+    "onnxruntime==1.32.0",
+]
+
+# training and export only; never imported on the runtime path
+TRAIN = [
+    "torch==2.13.0",
+    "ncps==1.0.1",
+    "onnx==1.22.0",
 ]
 
 TEST = [
@@ -43,9 +52,11 @@ setup(
     version="0.1.0",
     description="Early warning for cascading failures in fleets of agents",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipelines", "pipelines.*", "schemas", "schemas.*"]),
-    package_data={"schemas": ["*.json", "expectations/*.json"]},
+    packages=find_packages(include=["pipelines", "pipelines.*", "schemas", "schemas.*",
+                                    "models", "models.*"]),
+    package_data={"schemas": ["*.json", "expectations/*.json"],
+                  "models": ["cascade_cfc/*.onnx", "cascade_cfc/*.json", "cascade_cfc/*.pt"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={"train": TRAIN, "test": TEST + TRAIN},
     entry_points={"console_scripts": ["aura=pipelines.cli:main"]},
 )

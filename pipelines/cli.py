@@ -94,6 +94,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="stop after windowing (no topology features)")
     p.add_argument("--ph-backend", choices=("ripser", "giotto"))
     p.add_argument("--comove-max-points", dest="comove_max_points", type=int)
+    p.add_argument("--no-predict", dest="predict", action="store_false", default=None,
+                   help="stop after the features (no cascade prediction)")
+    p.add_argument("--model-dir", dest="model_dir", help="ONNX model + metadata (default: committed)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -108,25 +111,25 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           max_out_of_orderness_s=a.max_out_of_orderness_s,
                           idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s,
                           features=a.features, ph_backend=a.ph_backend,
-                          comove_max_points=a.comove_max_points)
-    spec, extractor = cfg.window_spec(), cfg.extractor()
+                          comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir)
+    spec, extractor, model_dir = cfg.window_spec(), cfg.extractor(), cfg.prediction_model_dir()
     bar = None if a.no_progress else _progress(progress_total)
     if cfg.landing:
         on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
         source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                   poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
                                   max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
-        summary = job.run_landing(source, cfg.out, extractor)
+        summary = job.run_landing(source, cfg.out, extractor, model_dir)
     else:
         paths = job.expand_inputs(cfg.input)
         if bar is not None:
             bar.total = len(paths)
             bar.unit = "file"
         if cfg.mode == "batch":
-            summary = job.run_batch(paths, spec, cfg.out, extractor)
+            summary = job.run_batch(paths, spec, cfg.out, extractor, model_dir)
         else:
             summary = job.run_files_streaming(paths, spec, cfg.out, cfg.max_out_of_orderness_s,
-                                              cfg.guard(), extractor)
+                                              cfg.guard(), extractor, model_dir)
         if bar is not None:
             bar.update(len(paths))
     if bar is not None:
@@ -148,7 +151,7 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
             ("records windowed", s.windowed), ("records dead-lettered", s.dead_total)]
     rows += [(f"  - {reason}", n) for reason, n in sorted(s.dead.items())]
     rows += [("windows emitted", s.windows), ("snapshot panes", s.panes),
-             ("feature rows", s.feature_rows),
+             ("feature rows", s.feature_rows), ("predictions", s.predictions),
              ("windows dead-lettered (features)", sum(s.window_dead.values()))]
     rows += [(f"  - {reason}", n) for reason, n in sorted(s.window_dead.items())]
     rows += [
@@ -157,6 +160,7 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
              ("throughput", f"{s.read / max(s.elapsed_s, 1e-9):,.0f} records/s"),
              ("snapshots", os.path.join(s.out_dir, "snapshots")),
              ("features", os.path.join(s.out_dir, "features")),
+             ("predictions", os.path.join(s.out_dir, "predictions")),
              ("dead letters", os.path.join(s.out_dir, "deadletter"))]
     rows += list((extra or {}).items())
     width = max(len(str(k)) for k, _ in rows)
@@ -216,7 +220,8 @@ def demo(a: argparse.Namespace) -> int:
                                   mode="streaming", window_size_s=None, window_slide_s=None,
                                   allowed_lateness_s=None, max_out_of_orderness_s=None,
                                   idle_timeout_s=None, max_runtime_s=None, no_progress=a.no_progress,
-                                  features=None, ph_backend=None, comove_max_points=None)
+                                  features=None, ph_backend=None, comove_max_points=None,
+                                  predict=None, model_dir=None)
     summary = run_job(run_args, progress_total=int(a.agents * a.duration))
     producer.join()
     if failure:
@@ -250,6 +255,43 @@ def validate(a: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+# -- train / export ------------------------------------------------------------------------
+def train_model(a: argparse.Namespace) -> int:
+    import torch
+
+    from models.artifact import (
+        MODEL_DIR,
+        TRITON_MODEL_DIR,
+        export_checkpoint,
+        save_checkpoint,
+        write_metrics,
+    )
+    from models.train import TrainConfig, train
+    from pipelines.training_data import DatasetConfig
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = TrainConfig(data=DatasetConfig(seed=a.seed, n_scenarios=a.scenarios, horizon_s=a.horizon),
+                      epochs=a.epochs, seed=a.seed)
+    result = train(cfg)
+    out = a.out or MODEL_DIR
+    os.makedirs(out, exist_ok=True)
+    save_checkpoint(os.path.join(out, "checkpoint.pt"), result.model, cfg.seq_len, cfg.data.horizon_s,
+                    result.data_hash, result.metrics)
+    export_checkpoint(os.path.join(out, "checkpoint.pt"), out, TRITON_MODEL_DIR if a.out is None else None)
+    print(f"model, metadata and metrics in {out} ({write_metrics(result.metrics, out)})")
+    return 0
+
+
+def export_model(a: argparse.Namespace) -> int:
+    from models.artifact import MODEL_DIR, TRITON_MODEL_DIR, export_checkpoint
+
+    src = a.model_dir or MODEL_DIR
+    onnx_path, meta_path = export_checkpoint(os.path.join(src, "checkpoint.pt"), a.out or src,
+                                             TRITON_MODEL_DIR if a.out is None else None)
+    print(f"exported {onnx_path} and {meta_path}")
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA: early warning for cascading "
@@ -264,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--pace", type=float, default=0.05, help="wall seconds between landed files")
     d.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("train", help="train the CfC on simulated scenarios; write the artifact")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--scenarios", type=int, default=48)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--horizon", type=float, default=60.0, help="seconds ahead a cascade is predicted")
+    t.add_argument("--out", help="artifact directory (default: the committed models/cascade_cfc)")
+    e = sub.add_parser("export", help="re-export the checkpoint to ONNX + metadata")
+    e.add_argument("--model-dir", help="directory with checkpoint.pt (default models/cascade_cfc)")
+    e.add_argument("--out", help="where to write (default: in place, and into triton_repo)")
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -284,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if summary.reconciles else 1
         if a.command == "demo":
             return demo(a)
+        if a.command == "train":
+            return train_model(a)
+        if a.command == "export":
+            return export_model(a)
         return validate(a)
     except (ValueError, FileNotFoundError) as err:
         print(f"aura {a.command}: error: {err}", file=sys.stderr)

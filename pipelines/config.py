@@ -35,6 +35,8 @@ class RunConfig:
     comove_max_points: int = 100  # larger co-movement clouds are subsampled (greedy permutation)
     timeout_ms: float = 1000.0  # calls slower than this count as failed (stress = 1)
     latency_ref_ms: float = 50.0  # link latency with no stress
+    predict: bool = True  # the prediction stage after the features (in-process ONNX Runtime)
+    model_dir: str | None = None  # None: the committed models/cascade_cfc
 
     def validate(self) -> RunConfig:
         if (self.input is None) == (self.landing is None):
@@ -47,7 +49,20 @@ class RunConfig:
         if self.ph_backend not in ("ripser", "giotto"):
             raise ValueError(f"ph_backend must be 'ripser' or 'giotto', got {self.ph_backend!r}")
         self.extractor()  # raises on bad feature parameters
+        if self.predict and not self.features:
+            raise ValueError("the prediction stage needs the feature stage "
+                             "(drop --no-features or add --no-predict)")
         return self
+
+    def prediction_model_dir(self) -> str | None:
+        """The model directory when predicting (checked to load), else None."""
+        if not self.predict:
+            return None
+        from pipelines.inference import DEFAULT_MODEL_DIR, ModelInfo
+
+        path = self.model_dir or DEFAULT_MODEL_DIR
+        ModelInfo.load(path)  # a clear error now rather than inside the pipeline
+        return path
 
     def window_spec(self) -> WindowSpec:
         return WindowSpec(self.window_size_s, self.window_slide_s, self.allowed_lateness_s)

@@ -104,16 +104,19 @@ def build_snapshot(tenant: str, window_start: float, window_end: float,
     repeated (agent, event_time) is kept once (the smallest record by content). Calls are
     summed per (caller, callee) edge, latency weighted by call count.
     """
-    def order_key(r: dict) -> tuple:
-        return (r["agent_id"], r["event_time"], tuple(r[m] for m in METRICS), repr(r["calls"]))
+    def content_key(r: dict) -> tuple:  # only needed to break ties between duplicates
+        return (tuple(r[m] for m in METRICS), repr(r["calls"]))
 
-    ordered = sorted(records, key=order_key)
+    ordered = sorted(records, key=lambda r: (r["agent_id"], r["event_time"]))
     unique: list[dict] = []
-    for r in ordered:
-        if unique and unique[-1]["agent_id"] == r["agent_id"] \
-                and unique[-1]["event_time"] == r["event_time"]:
-            continue
-        unique.append(r)
+    i = 0
+    while i < len(ordered):
+        j = i + 1
+        key = (ordered[i]["agent_id"], ordered[i]["event_time"])
+        while j < len(ordered) and (ordered[j]["agent_id"], ordered[j]["event_time"]) == key:
+            j += 1
+        unique.append(ordered[i] if j == i + 1 else min(ordered[i:j], key=content_key))
+        i = j
     names = sorted({r["agent_id"] for r in unique} | {c["dst"] for r in unique for c in r["calls"]})
     index = {a: i for i, a in enumerate(names)}
     n_agents, n_m = len(names), len(METRICS)

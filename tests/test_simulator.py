@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.simulation.fleet import unhealthy
 from pipelines.simulation.graphs import build_graph, topological_order
-from pipelines.simulation.output import simulate_to_dir
+from pipelines.simulation.output import simulate_to_dir, tick_records, tick_table
 from pipelines.simulation.scenario import Scenario, ScenarioConfig
 from pipelines.telemetry import parse_file
 
@@ -153,3 +153,13 @@ def test_bad_configuration_is_refused():
         Scenario(ScenarioConfig(mechanisms=("meteor",)))
     with pytest.raises(ValueError, match="graph family"):
         Scenario(ScenarioConfig(graph="ring"))
+
+
+def test_tick_records_are_the_tick_table():
+    sc = Scenario(ScenarioConfig(n_agents=30, duration_s=3, seed=2))
+    for epoch_s, tel in sc.ticks():
+        rows = tick_table(sc, epoch_s, tel).to_pylist()
+        for row in rows:
+            row["ts"] = row["ts"].timestamp()
+            row["event_time"] = row["ts"]
+        assert tick_records(sc, epoch_s, tel) == rows

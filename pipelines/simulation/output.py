@@ -38,6 +38,30 @@ def tick_table(sc: Scenario, epoch_s: float, tel: dict[str, np.ndarray]) -> pa.T
     return pa.table(cols, schema=TELEMETRY)
 
 
+def tick_records(sc: Scenario, epoch_s: float, tel: dict[str, np.ndarray]) -> list[dict]:
+    """The same records as ``tick_table`` as plain dicts (``ts`` as epoch seconds, plus
+    ``event_time``), built without Arrow's slow nested ``to_pylist``."""
+    n = sc.fleet.n
+    count = np.rint(tel["edge_count"]).astype(np.int64)
+    errors = np.minimum(np.rint(tel["edge_errors"]).astype(np.int64), count).tolist()
+    latency = np.round(tel["edge_latency_ms"], 3).tolist()
+    count = count.tolist()
+    dst = sc.call_dst_names
+    off = sc.call_offsets.to_numpy().tolist()
+    cols = {m: (np.rint(tel[m]).astype(np.int64) if m in INTEGER_METRICS else tel[m]).tolist()
+            for m in METRICS}
+    t = round(epoch_s * 1000) / 1000
+    out = []
+    for i in range(n):
+        rec = {"tenant": sc.cfg.tenant, "agent_id": sc.agents[i], "ts": t, "event_time": t}
+        for m in METRICS:
+            rec[m] = cols[m][i]
+        rec["calls"] = [{"dst": dst[k], "count": count[k], "errors": errors[k], "latency_ms": latency[k]}
+                        for k in range(off[i], off[i + 1])]
+        out.append(rec)
+    return out
+
+
 def write_table(table: pa.Table, path: str) -> None:
     """Atomically write a telemetry table as Parquet or NDJSON (by extension)."""
     tmp = path + ".tmp"

@@ -112,6 +112,7 @@ class Scenario:
         self.agent_array = pa.array(self.agents, pa.string())
         self.tenant_array = pa.array([cfg.tenant] * cfg.n_agents, pa.string())
         self.call_dst_array = self.agent_array.take(pa.array(self.fleet.e_dst))
+        self.call_dst_names = [self.agents[j] for j in self.fleet.e_dst]
         per_agent = np.bincount(self.fleet.e_src, minlength=cfg.n_agents)
         self.call_offsets = pa.array(np.concatenate([[0], np.cumsum(per_agent)]).astype(np.int32))
         self.episodes = self._plan()

@@ -1,0 +1,116 @@
+"""Beam wiring of the prediction stage: feature rows -> cascade probability per window.
+
+The tenant's recent feature vectors live in keyed state (streaming) or come from a sorted
+fold per tenant (batch); the predictor is loaded once per DoFn instance (``setup``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam import coders
+from apache_beam.transforms import window
+from apache_beam.transforms.userstate import BagStateSpec
+
+from pipelines.beam import counters
+from pipelines.inference import OnnxPredictor, history_step
+from pipelines.topology.sequence import ms
+from schemas import FEATURES_SCHEMA_VERSION
+
+PREDICTION_ROW = pa.schema([
+    pa.field("tenant", pa.string(), nullable=False),
+    pa.field("window_start", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("window_end", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("pane_index", pa.int32(), nullable=False),
+    pa.field("probability", pa.float64(), nullable=False),
+    pa.field("horizon_s", pa.float64(), nullable=False),
+    pa.field("history_windows", pa.int32(), nullable=False),
+    pa.field("feature_version", pa.int32(), nullable=False),
+    pa.field("predictor", pa.string(), nullable=False),
+])
+
+
+class _Predicts(beam.DoFn):
+    def __init__(self, model_dir: str, run_id: str):
+        self.model_dir, self.run_id = model_dir, run_id
+
+    def setup(self):
+        self.predictor = OnnxPredictor(self.model_dir)
+        self.predictor.load_model()
+
+    def _row(self, wf, x, dt) -> dict:
+        p = float(self.predictor.run_inference(x[None], dt[None])[0])
+        counters.inc(self.run_id, "predictions")
+        return {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
+                "pane_index": wf.pane_index, "probability": p, "horizon_s": self.predictor.info.horizon_s,
+                "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
+                "predictor": self.predictor.describe()}
+
+
+class PredictStreaming(_Predicts):
+    RECENT = BagStateSpec("history", coders.PickleCoder())
+
+    def process(self, element, history=beam.DoFn.StateParam(RECENT)):
+        _, (wf, vec) = element
+        known = dict(history.read())
+        x, dt, known = history_step(known, ms(wf.window_start), wf.window_end, vec,
+                                    self.predictor.info.seq_len)
+        history.clear()
+        for item in known.items():
+            history.add(item)
+        yield self._row(wf, x, dt)
+
+
+class PredictBatch(_Predicts):
+    def process(self, element):
+        _, rows = element
+        known: dict = {}
+        for wf, vec in sorted(rows, key=lambda r: (r[0].window_start, r[0].pane_index)):
+            x, dt, known = history_step(known, ms(wf.window_start), wf.window_end, vec,
+                                        self.predictor.info.seq_len)
+            yield self._row(wf, x, dt)
+
+
+class WritePredictions(beam.DoFn):
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def process(self, row: dict):
+        path = os.path.join(self.out_dir, "predictions", f"tenant={row['tenant']}",
+                            f"window={row['window_start']}-pane={row['pane_index']}.parquet")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(pa.Table.from_pylist([row], schema=PREDICTION_ROW), tmp)
+        os.replace(tmp, path)
+        return []
+
+
+class PredictionStage(beam.PTransform):
+    """(WindowFeatures, vector) rows -> prediction rows (dicts, PREDICTION_ROW)."""
+
+    def __init__(self, model_dir: str, streaming: bool, run_id: str):
+        super().__init__()
+        self.model_dir, self.streaming, self.run_id = model_dir, streaming, run_id
+
+    def expand(self, rows):
+        keyed = (rows | "KeyByTenant" >> beam.Map(lambda r: (r[0].tenant, r))
+                 | "Global" >> beam.WindowInto(window.GlobalWindows()))
+        if self.streaming:
+            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.model_dir, self.run_id))
+        return (keyed | "ByTenant" >> beam.GroupByKey()
+                | "Predict" >> beam.ParDo(PredictBatch(self.model_dir, self.run_id)))
+
+
+def read_predictions(out_dir: str) -> pa.Table:
+    """All prediction rows of a run."""
+    import glob
+
+    paths = sorted(glob.glob(os.path.join(out_dir, "predictions", "*", "*.parquet")))
+    if not paths:
+        return PREDICTION_ROW.empty_table()
+    return pa.concat_tables([pq.read_table(p) for p in paths])
+

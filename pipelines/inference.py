@@ -1,0 +1,132 @@
+"""The prediction stage's runtime: predictors behind one small interface.
+
+Shaped like Beam's ``apache_beam.ml.inference`` ``ModelHandler``: ``load_model``,
+``run_inference`` on a batch, and batch-size hints; each backend is a thin class behind
+it. The in-process ONNX Runtime predictor is the embedded default (a Triton predictor
+over tritonclient comes with the serving work). No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import FEATURES_SCHEMA_VERSION
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
+                                 "cascade_cfc")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the predictor needs from the model's metadata file."""
+
+    seq_len: int
+    n_features: int
+    horizon_s: float
+    feature_schema_version: int
+
+    @staticmethod
+    def load(model_dir: str) -> ModelInfo:
+        path = os.path.join(model_dir, "model.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no model metadata at {path}; run `aura train` or `aura export`")
+        with open(path) as fh:
+            meta = json.load(fh)
+        info = ModelInfo(int(meta["seq_len"]), int(meta["inputs"]["features"]["shape"][2]),
+                         float(meta["horizon_s"]), int(meta["feature_schema_version"]))
+        if info.feature_schema_version != FEATURES_SCHEMA_VERSION:
+            raise ValueError(f"model {model_dir} was trained on feature schema "
+                             f"v{info.feature_schema_version}, the pipeline computes "
+                             f"v{FEATURES_SCHEMA_VERSION}: retrain or export a match")
+        return info
+
+
+def sequence_at(features: np.ndarray, ends: np.ndarray, i: int, idx: np.ndarray | None = None,
+                t: int = 8, nominal_dt: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """(T, F) features and (T,) elapsed seconds ending at window ``i``; ``idx`` lists the
+    windows still available (a subset, when windows went missing). Short histories are
+    left-padded with the earliest window and zero elapsed time."""
+    avail = np.arange(i + 1) if idx is None else idx[idx <= i]
+    real = avail[-t:]
+    pad = t - len(real)
+    dt = np.concatenate([np.zeros(pad), np.diff(ends[real], prepend=ends[real[0]] - nominal_dt)])
+    return features[np.concatenate([np.full(pad, real[0]), real])], dt
+
+
+class ModelHandler(ABC):
+    """One small interface for every backend."""
+
+    @abstractmethod
+    def load_model(self):
+        """Load (or connect to) the model; called once per worker."""
+
+    @abstractmethod
+    def run_inference(self, features: np.ndarray, dt: np.ndarray, model=None) -> np.ndarray:
+        """(B, T, F) features and (B, T) elapsed seconds -> (B,) probabilities."""
+
+    def batch_elements_kwargs(self) -> dict:
+        """Batch-size hints for the engine's batching transform."""
+        return {"min_batch_size": 1, "max_batch_size": 1024}
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Which backend, model and device, for logs and summaries."""
+
+
+class OnnxPredictor(ModelHandler):
+    """onnxruntime in-process: CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
+
+    def __init__(self, model_dir: str = DEFAULT_MODEL_DIR, providers: list[str] | None = None):
+        self.model_dir = model_dir
+        self.info = ModelInfo.load(model_dir)
+        self._providers = providers
+        self._session = None
+        self.provider = None
+
+    def load_model(self):
+        import onnxruntime as ort
+
+        path = os.path.join(self.model_dir, "model.onnx")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        wanted = self._providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                     if p in ort.get_available_providers()]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self._session = ort.InferenceSession(path, sess_options=opts, providers=wanted)
+        self.provider = self._session.get_providers()[0]
+        return self._session
+
+    def run_inference(self, features: np.ndarray, dt: np.ndarray, model=None) -> np.ndarray:
+        session = model or self._session or self.load_model()
+        if features.ndim != 3 or features.shape[1:] != (self.info.seq_len, self.info.n_features):
+            raise ValueError(f"features must be (batch, {self.info.seq_len}, {self.info.n_features}), "
+                             f"got {features.shape}")
+        out = session.run(["probability"], {"features": features.astype(np.float32, copy=False),
+                                            "dt": dt.astype(np.float32, copy=False)})[0]
+        return out[:, 0]
+
+    def describe(self) -> str:
+        return f"onnxruntime in-process ({self.provider or 'not loaded'}), {self.model_dir}"
+
+
+def history_step(recent: dict[int, tuple[float, np.ndarray]], start_ms: int, end_s: float,
+                 vector: np.ndarray, seq_len: int, keep: int = 32
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, np.ndarray]]]:
+    """The model input for a window given the tenant's recent windows (by start ms):
+    (T, F) features, (T,) elapsed seconds, and the updated history (a later pane replaces
+    the earlier one; only windows up to this one feed its sequence)."""
+    updated = dict(recent)
+    updated[start_ms] = (end_s, vector)
+    for k in sorted(updated)[:-keep]:
+        del updated[k]
+    upto = [k for k in sorted(updated) if k <= start_ms]
+    ends = np.array([updated[k][0] for k in upto])
+    feats = np.stack([updated[k][1] for k in upto])
+    x, dt = sequence_at(feats, ends, len(upto) - 1, t=seq_len)
+    return x, dt, updated
