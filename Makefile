@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow bench lint clean serve triton-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +17,27 @@ $(STAMP): setup.py pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The local tritonserver's own venv (nvidia-pytriton needs numpy<2).
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+$(TRITON_STAMP): triton_repo/server-requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r triton_repo/server-requirements.txt
+	touch $(TRITON_STAMP)
+
+triton-venv: $(TRITON_STAMP)
+
+serve: $(STAMP) $(TRITON_STAMP)
+	$(BIN)/aura serve
+
 demo: $(STAMP)
 	$(BIN)/aura demo
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP)
@@ -36,4 +49,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) output .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) output .pytest_cache .hypothesis *.egg-info

@@ -30,6 +30,12 @@ RUNTIME = [
     "cloudpickle==2.2.1",
     # prediction at run time (issue 4)
     "onnxruntime==1.32.0",
+    # Triton client without its extras: the grpc extra asks protobuf<5 and newer releases
+    # import only with grpcio>=1.67, both against Beam 2.61's pins; 2.45.0 works with
+    # grpcio 1.65 and protobuf 5 (tests/test_triton.py talks to a real server)
+    "tritonclient==2.45.0",
+    "geventhttpclient==2.0.2",
+    "python-rapidjson==1.25",
 ]
 
 # training and export only; never imported on the runtime path

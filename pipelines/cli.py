@@ -97,6 +97,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-predict", dest="predict", action="store_false", default=None,
                    help="stop after the features (no cascade prediction)")
     p.add_argument("--model-dir", dest="model_dir", help="ONNX model + metadata (default: committed)")
+    p.add_argument("--predictor", choices=("onnx", "triton"), help="default onnx (in-process)")
+    p.add_argument("--triton-url", dest="triton_url", help="host:port of a Triton server")
+    p.add_argument("--triton-protocol", dest="triton_protocol", choices=("grpc", "http"))
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -111,25 +114,26 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           max_out_of_orderness_s=a.max_out_of_orderness_s,
                           idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s,
                           features=a.features, ph_backend=a.ph_backend,
-                          comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir)
-    spec, extractor, model_dir = cfg.window_spec(), cfg.extractor(), cfg.prediction_model_dir()
+                          comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir,
+                          predictor=a.predictor, triton_url=a.triton_url, triton_protocol=a.triton_protocol)
+    spec, extractor, predictor = cfg.window_spec(), cfg.extractor(), cfg.predictor_spec()
     bar = None if a.no_progress else _progress(progress_total)
     if cfg.landing:
         on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
         source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                   poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
                                   max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
-        summary = job.run_landing(source, cfg.out, extractor, model_dir)
+        summary = job.run_landing(source, cfg.out, extractor, predictor)
     else:
         paths = job.expand_inputs(cfg.input)
         if bar is not None:
             bar.total = len(paths)
             bar.unit = "file"
         if cfg.mode == "batch":
-            summary = job.run_batch(paths, spec, cfg.out, extractor, model_dir)
+            summary = job.run_batch(paths, spec, cfg.out, extractor, predictor)
         else:
             summary = job.run_files_streaming(paths, spec, cfg.out, cfg.max_out_of_orderness_s,
-                                              cfg.guard(), extractor, model_dir)
+                                              cfg.guard(), extractor, predictor)
         if bar is not None:
             bar.update(len(paths))
     if bar is not None:
@@ -221,7 +225,8 @@ def demo(a: argparse.Namespace) -> int:
                                   allowed_lateness_s=None, max_out_of_orderness_s=None,
                                   idle_timeout_s=None, max_runtime_s=None, no_progress=a.no_progress,
                                   features=None, ph_backend=None, comove_max_points=None,
-                                  predict=None, model_dir=None)
+                                  predict=None, model_dir=None, predictor=None, triton_url=None,
+                                  triton_protocol=None)
     summary = run_job(run_args, progress_total=int(a.agents * a.duration))
     producer.join()
     if failure:
@@ -292,6 +297,31 @@ def export_model(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve -----------------------------------------------------------------------------------
+def serve(a: argparse.Namespace) -> int:
+    """A real tritonserver on 127.0.0.1 with the committed model, until SIGTERM or Ctrl-C."""
+    import signal
+
+    from pipelines.triton_server import TritonServer
+
+    server = TritonServer(a.workdir, **({"http_port": a.http_port} if a.http_port else {}),
+                          **({"grpc_port": a.grpc_port} if a.grpc_port else {}))
+    os.makedirs(a.workdir, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    print(f"tritonserver (pid {server.process.pid}) serving cascade_cfc: gRPC 127.0.0.1:{server.grpc_port}, "
+          f"HTTP 127.0.0.1:{server.http_port}; SIGTERM or Ctrl-C stops it", flush=True)
+    try:
+        while not stop.is_set() and server.process.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    code = server.stop()
+    print(f"tritonserver stopped (exit {code})")
+    return 0 if code == 0 else 1
+
+
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA: early warning for cascading "
@@ -315,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="re-export the checkpoint to ONNX + metadata")
     e.add_argument("--model-dir", help="directory with checkpoint.pt (default models/cascade_cfc)")
     e.add_argument("--out", help="where to write (default: in place, and into triton_repo)")
+    sv = sub.add_parser("serve", help="serve the model from a local tritonserver (127.0.0.1)")
+    sv.add_argument("--workdir", default="output/triton")
+    sv.add_argument("--http-port", type=int)
+    sv.add_argument("--grpc-port", type=int)
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -339,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             return train_model(a)
         if a.command == "export":
             return export_model(a)
+        if a.command == "serve":
+            return serve(a)
         return validate(a)
     except (ValueError, FileNotFoundError) as err:
         print(f"aura {a.command}: error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 
+from pipelines.inference import DEFAULT_MODEL_DIR, PredictorSpec
 from pipelines.telemetry import TimestampGuard
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.filtrations import CoMovementCloud, StressFiltration
@@ -37,6 +38,9 @@ class RunConfig:
     latency_ref_ms: float = 50.0  # link latency with no stress
     predict: bool = True  # the prediction stage after the features (in-process ONNX Runtime)
     model_dir: str | None = None  # None: the committed models/cascade_cfc
+    predictor: str = "onnx"  # onnx (in-process ONNX Runtime) | triton (tritonclient)
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: str = "grpc"  # grpc | http
 
     def validate(self) -> RunConfig:
         if (self.input is None) == (self.landing is None):
@@ -54,15 +58,14 @@ class RunConfig:
                              "(drop --no-features or add --no-predict)")
         return self
 
-    def prediction_model_dir(self) -> str | None:
-        """The model directory when predicting (checked to load), else None."""
+    def predictor_spec(self) -> PredictorSpec | None:
+        """The predictor when predicting (its model checked to load), else None."""
         if not self.predict:
             return None
-        from pipelines.inference import DEFAULT_MODEL_DIR, ModelInfo
-
-        path = self.model_dir or DEFAULT_MODEL_DIR
-        ModelInfo.load(path)  # a clear error now rather than inside the pipeline
-        return path
+        spec = PredictorSpec(self.predictor, self.model_dir or DEFAULT_MODEL_DIR, self.triton_url,
+                             self.triton_protocol)
+        spec.build()  # a clear error now (no model, bad kind) rather than inside the pipeline
+        return spec
 
     def window_spec(self) -> WindowSpec:
         return WindowSpec(self.window_size_s, self.window_slide_s, self.allowed_lateness_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -130,3 +131,82 @@ def history_step(recent: dict[int, tuple[float, np.ndarray]], start_ms: int, end
     feats = np.stack([updated[k][1] for k in upto])
     x, dt = sequence_at(feats, ends, len(upto) - 1, t=seq_len)
     return x, dt, updated
+
+
+class TritonPredictor(ModelHandler):
+    """tritonclient over gRPC or HTTP, with a timeout per call and retries with backoff."""
+
+    def __init__(self, url: str, protocol: str = "grpc", model_name: str = "cascade_cfc",
+                 model_dir: str = DEFAULT_MODEL_DIR, timeout_s: float = 5.0, retries: int = 3,
+                 backoff_s: float = 0.1):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.url, self.protocol, self.model_name = url, protocol, model_name
+        self.info = ModelInfo.load(model_dir)
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self._client = None
+
+    def _module(self):
+        if self.protocol == "grpc":
+            import tritonclient.grpc as mod
+        else:
+            import tritonclient.http as mod
+        return mod
+
+    def load_model(self):
+        """Connect and check the model is ready; a clear error when server or model is missing."""
+        mod = self._module()
+        client = mod.InferenceServerClient(self.url) if self.protocol == "grpc" else \
+            mod.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
+                                      network_timeout=self.timeout_s)
+        try:
+            live = client.is_server_live()
+        except Exception as err:  # noqa: BLE001 - any transport error means the same to the user
+            raise ConnectionError(f"no Triton server at {self.url} ({self.protocol}): {err}") from err
+        if not live:
+            raise ConnectionError(f"Triton server at {self.url} is not live")
+        if not client.is_model_ready(self.model_name):
+            raise LookupError(f"Triton at {self.url} has no ready model {self.model_name!r}")
+        self._client = client
+        return client
+
+    def run_inference(self, features: np.ndarray, dt: np.ndarray, model=None) -> np.ndarray:
+        client = model or self._client or self.load_model()
+        mod = self._module()
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        d = np.ascontiguousarray(dt, dtype=np.float32)
+        inputs = [mod.InferInput("features", list(x.shape), "FP32"),
+                  mod.InferInput("dt", list(d.shape), "FP32")]
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(d)
+        outputs = [mod.InferRequestedOutput("probability")]
+        kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        for attempt in range(self.retries + 1):
+            try:
+                result = client.infer(self.model_name, inputs, outputs=outputs, **kw)
+                return result.as_numpy("probability")[:, 0]
+            except Exception:  # noqa: BLE001 - retried, then raised
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def describe(self) -> str:
+        return f"Triton {self.protocol} at {self.url}, model {self.model_name}"
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Which predictor the pipeline builds (picklable; built once per worker)."""
+
+    kind: str = "onnx"  # onnx (in-process, the embedded default) | triton
+    model_dir: str = DEFAULT_MODEL_DIR
+    triton_url: str = "127.0.0.1:8001"
+    triton_protocol: str = "grpc"
+
+    def build(self) -> ModelHandler:
+        if self.kind == "onnx":
+            return OnnxPredictor(self.model_dir)
+        if self.kind == "triton":
+            return TritonPredictor(self.triton_url, self.triton_protocol, model_dir=self.model_dir)
+        raise ValueError(f"predictor must be 'onnx' or 'triton', got {self.kind!r}")

@@ -13,7 +13,7 @@ from models.artifact import MODEL_DIR, export_checkpoint
 from models.export import parity, write_artifact
 from models.sequences import build_sequences
 from models.train import TrainConfig, split_scenarios, train
-from pipelines.inference import ModelInfo, OnnxPredictor, sequence_at
+from pipelines.inference import ModelInfo, OnnxPredictor, PredictorSpec, sequence_at
 from pipelines.topology.features import FeatureExtractor
 from pipelines.training_data import DatasetConfig, build_dataset, dataset_hash
 
@@ -118,8 +118,8 @@ def test_pipeline_predicts_every_window_the_same_in_batch_and_streaming(tmp_path
 
     paths, _, _ = mixed_files(tmp_path, n_files=3, seed=8)
     spec, fx = WindowSpec(10.0, None, 1000.0), FeatureExtractor()
-    b = job.run_batch(paths, spec, str(tmp_path / "b"), fx, MODEL_DIR)
-    s = job.run_files_streaming(paths, spec, str(tmp_path / "s"), extractor=fx, model_dir=MODEL_DIR)
+    b = job.run_batch(paths, spec, str(tmp_path / "b"), fx, PredictorSpec())
+    s = job.run_files_streaming(paths, spec, str(tmp_path / "s"), extractor=fx, predictor=PredictorSpec())
     assert b.predictions == b.feature_rows == s.predictions > 0
     key = lambda r: (r["tenant"], r["window_start"])  # noqa: E731
     pb = sorted(read_predictions(str(tmp_path / "b")).to_pylist(), key=key)

@@ -29,6 +29,7 @@ from pipelines.beam import counters
 from pipelines.beam.features import FeatureStage, WriteFeatures
 from pipelines.beam.predict import PredictionStage, WritePredictions
 from pipelines.beam.transforms import WindowedSnapshots, WriteDeadLetters, WriteSnapshots
+from pipelines.inference import PredictorSpec
 from pipelines.stream_source import (
     INPUT_SUFFIXES,
     DeadLetters,
@@ -98,7 +99,8 @@ def _prefixed(counts: Counter, prefix: str) -> Counter:
 
 
 def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streaming: bool,
-                         run_id: str, extractor: FeatureExtractor | None, model_dir: str | None = None):
+                         run_id: str, extractor: FeatureExtractor | None,
+                         predictor: PredictorSpec | None = None):
     snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id)
     snaps | "WriteSnapshots" >> beam.ParDo(WriteSnapshots(out_dir))
     dead | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(out_dir, run_id))
@@ -106,8 +108,8 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
         rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, streaming, run_id)
         rows | "WriteFeatures" >> beam.ParDo(WriteFeatures(out_dir))
         window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
-        if model_dir is not None:
-            preds = rows | "Predictions" >> PredictionStage(model_dir, streaming, run_id)
+        if predictor is not None:
+            preds = rows | "Predictions" >> PredictionStage(predictor, streaming, run_id)
             preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir))
     return snaps
 
@@ -161,12 +163,14 @@ def _streaming_options() -> PipelineOptions:
 
 
 def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_dir: str,
-                 extractor: FeatureExtractor | None = None, model_dir: str | None = None) -> RunSummary:
+                 extractor: FeatureExtractor | None = None,
+                 predictor: PredictorSpec | None = None) -> RunSummary:
     """Streaming run over a fixed list of source events (tests, fixed files)."""
     t0, run_id = time.perf_counter(), counters.new_run()
     with beam.Pipeline(options=_streaming_options()) as p:
         outs = p | "Source" >> scripted_test_stream(events)
-        _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor, model_dir)
+        _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
+                             predictor)
     summary = _fill(RunSummary("streaming", out_dir, read=stats.read, files=stats.files),
                     counters.take(run_id))
     summary.elapsed_s = time.perf_counter() - t0
@@ -174,7 +178,8 @@ def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_
 
 
 def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_dir: str,
-             extractor: FeatureExtractor | None = None, model_dir: str | None = None) -> RunSummary:
+             extractor: FeatureExtractor | None = None,
+             predictor: PredictorSpec | None = None) -> RunSummary:
     """Streaming run over a live event iterator (a landing directory, or files read in
     turn), served to the TestStream over gRPC on loopback; ends when the iterator does.
     ``stats`` is the source's live counter object."""
@@ -187,7 +192,7 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
             outs = p | "Source" >> TestStream(coder=_CODER, output_tags={RECORDS, DEAD},
                                               endpoint=service.endpoint)
             _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
-                                 model_dir)
+                                 predictor)
     finally:
         service.stop()
     if not reader.finished:  # the TestStream ends quietly on a broken RPC: never pass that off
@@ -199,15 +204,15 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
 
 
 def run_landing(source: LandingDirectory, out_dir: str, extractor: FeatureExtractor | None = None,
-                model_dir: str | None = None) -> RunSummary:
+                predictor: PredictorSpec | None = None) -> RunSummary:
     """Streaming run over a landing directory until the source ends."""
-    return run_live(source.events(), source.stats, source.spec, out_dir, extractor, model_dir)
+    return run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor)
 
 
 def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s: float = 5.0,
                         guard: TimestampGuard | None = None,
-                        extractor: FeatureExtractor | None = None, model_dir: str | None = None
-                        ) -> RunSummary:
+                        extractor: FeatureExtractor | None = None,
+                        predictor: PredictorSpec | None = None) -> RunSummary:
     """Streaming run over fixed files, read in order as if they landed one by one."""
     builder = EventBuilder(spec, guard)
 
@@ -215,7 +220,7 @@ def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s:
         for path in paths:
             yield from builder.file_then_advance(path, lag_s)
 
-    return run_live(events(), builder.stats, spec, out_dir, extractor, model_dir)
+    return run_live(events(), builder.stats, spec, out_dir, extractor, predictor)
 
 
 # -- batch -------------------------------------------------------------------------------
@@ -246,14 +251,15 @@ def expand_inputs(pattern: str) -> list[str]:
 
 
 def run_batch(paths: list[str], spec: WindowSpec, out_dir: str,
-              extractor: FeatureExtractor | None = None, model_dir: str | None = None) -> RunSummary:
+              extractor: FeatureExtractor | None = None,
+             predictor: PredictorSpec | None = None) -> RunSummary:
     """Batch run (FnApiRunner under the DirectRunner) over a fixed set of files."""
     t0, run_id = time.perf_counter(), counters.new_run()
     with beam.Pipeline(options=PipelineOptions(flags=[], runner="DirectRunner")) as p:
         parsed = (p | "Files" >> beam.Create(paths)
                   | "Parse" >> beam.ParDo(ParseFile(spec, run_id)).with_outputs(DEAD, main=RECORDS))
         _windowing_and_sinks(parsed[RECORDS], parsed[DEAD], spec, out_dir, False, run_id, extractor,
-                             model_dir)
+                             predictor)
     counts = counters.take(run_id)
     summary = _fill(RunSummary("batch", out_dir, read=counts["read"], files=len(paths)), counts)
     summary.elapsed_s = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec
 
 from pipelines.beam import counters
-from pipelines.inference import OnnxPredictor, history_step
+from pipelines.inference import PredictorSpec, history_step
 from pipelines.topology.sequence import ms
 from schemas import FEATURES_SCHEMA_VERSION
 
@@ -35,11 +35,11 @@ PREDICTION_ROW = pa.schema([
 
 
 class _Predicts(beam.DoFn):
-    def __init__(self, model_dir: str, run_id: str):
-        self.model_dir, self.run_id = model_dir, run_id
+    def __init__(self, spec: PredictorSpec, run_id: str):
+        self.spec, self.run_id = spec, run_id
 
     def setup(self):
-        self.predictor = OnnxPredictor(self.model_dir)
+        self.predictor = self.spec.build()
         self.predictor.load_model()
 
     def _row(self, wf, x, dt) -> dict:
@@ -92,17 +92,17 @@ class WritePredictions(beam.DoFn):
 class PredictionStage(beam.PTransform):
     """(WindowFeatures, vector) rows -> prediction rows (dicts, PREDICTION_ROW)."""
 
-    def __init__(self, model_dir: str, streaming: bool, run_id: str):
+    def __init__(self, spec: PredictorSpec, streaming: bool, run_id: str):
         super().__init__()
-        self.model_dir, self.streaming, self.run_id = model_dir, streaming, run_id
+        self.spec, self.streaming, self.run_id = spec, streaming, run_id
 
     def expand(self, rows):
         keyed = (rows | "KeyByTenant" >> beam.Map(lambda r: (r[0].tenant, r))
                  | "Global" >> beam.WindowInto(window.GlobalWindows()))
         if self.streaming:
-            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.model_dir, self.run_id))
+            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.spec, self.run_id))
         return (keyed | "ByTenant" >> beam.GroupByKey()
-                | "Predict" >> beam.ParDo(PredictBatch(self.model_dir, self.run_id)))
+                | "Predict" >> beam.ParDo(PredictBatch(self.spec, self.run_id)))
 
 
 def read_predictions(out_dir: str) -> pa.Table:

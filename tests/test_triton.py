@@ -1,0 +1,128 @@
+"""A real tritonserver on loopback (nvidia-pytriton's binary, python backend running the
+committed ONNX file) against the in-process predictor."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import numpy as np
+import orjson
+import pytest
+
+from pipelines.inference import OnnxPredictor, TritonPredictor
+from pipelines.triton_server import MODEL_NAME, TritonServer, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = TritonServer(str(tmp_path_factory.mktemp("triton"))).start()
+    yield srv
+    assert srv.stop() == 0  # SIGTERM: a clean exit
+
+
+def batch(n: int, seed: int = 0):
+    info = OnnxPredictor().info
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, info.seq_len, info.n_features)).astype(np.float32)
+    dt = rng.uniform(0, 30, (n, info.seq_len)).astype(np.float32)
+    return x, dt
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_answers_exactly_like_onnxruntime_in_process(server, protocol):
+    port = server.grpc_port if protocol == "grpc" else server.http_port
+    remote = TritonPredictor(f"127.0.0.1:{port}", protocol)
+    local = OnnxPredictor()
+    for n in (1, 64, 300):
+        x, dt = batch(n, seed=n)
+        np.testing.assert_array_equal(remote.run_inference(x, dt), local.run_inference(x, dt))
+    assert protocol in remote.describe()
+
+
+def test_dynamic_batching_merges_concurrent_requests(server):
+    def stats():
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/{MODEL_NAME}/stats"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            s = orjson.loads(r.read())["model_stats"][0]
+        return s["inference_count"], s["execution_count"]
+
+    before = stats()
+    x, dt = batch(1)
+    errors = []
+
+    def client():
+        try:
+            p = TritonPredictor(f"127.0.0.1:{server.grpc_port}", "grpc")
+            for _ in range(20):
+                p.run_inference(x, dt)
+        except Exception as err:  # noqa: BLE001 - surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    after = stats()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 160
+    assert executions < inferences  # several requests shared one model execution
+
+
+def test_missing_server_or_model_is_a_clear_error(server):
+    with pytest.raises(ConnectionError, match="no Triton server"):
+        TritonPredictor(f"127.0.0.1:{free_port()}", "http", timeout_s=1.0).load_model()
+    with pytest.raises(LookupError, match="no ready model"):
+        TritonPredictor(f"127.0.0.1:{server.grpc_port}", "grpc", model_name="nope").load_model()
+    with pytest.raises(ValueError, match="protocol"):
+        TritonPredictor("127.0.0.1:1", "smtp")
+
+
+def test_the_pipeline_predicts_through_triton_as_in_process(server, tmp_path):
+    from pipelines.beam import job
+    from pipelines.beam.predict import read_predictions
+    from pipelines.inference import PredictorSpec
+    from pipelines.topology.features import FeatureExtractor
+    from pipelines.windowing import WindowSpec
+    from tests.test_beam_job import mixed_files
+
+    paths, _, _ = mixed_files(tmp_path, n_files=2, seed=11)
+    spec, fx = WindowSpec(), FeatureExtractor()
+    remote = PredictorSpec("triton", triton_url=f"127.0.0.1:{server.grpc_port}", triton_protocol="grpc")
+    a = job.run_batch(paths, spec, str(tmp_path / "onnx"), fx, PredictorSpec())
+    b = job.run_batch(paths, spec, str(tmp_path / "triton"), fx, remote)
+    assert a.predictions == b.predictions > 0
+
+    def probs(d):
+        rows = read_predictions(str(tmp_path / d)).to_pylist()
+        return {(r["tenant"], r["window_start"]): r["probability"] for r in rows}
+
+    assert probs("onnx") == probs("triton")
+    assert "Triton grpc" in read_predictions(str(tmp_path / "triton")).column("predictor")[0].as_py()
+
+
+def test_aura_serve_runs_until_sigterm(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    http = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--workdir", str(tmp_path),
+                             "--http-port", str(http), "--grpc-port", str(free_port())],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        line = proc.stdout.readline()
+        assert "serving cascade_cfc" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/{MODEL_NAME}/ready", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped (exit 0)" in out
+    time.sleep(0.5)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
