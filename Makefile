@@ -40,10 +40,11 @@ test: $(STAMP) $(TRITON_STAMP)
 test-slow: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -m slow
 
-bench: $(STAMP)
+bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_beam.py
 	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_predictors.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
