@@ -50,6 +50,7 @@ class ScenarioConfig:
     calm_s: tuple[float, float] = (40.0, 80.0)
     trigger_s: tuple[float, float] = (15.0, 40.0)  # how long a trigger holds at full strength
     ramp_s: tuple[float, float] = (20.0, 60.0)  # how long it takes to build up (precursors)
+    pressure: tuple[float, float] = (0.0, 0.25)  # background load growth before the trigger
     severities: tuple[float, ...] = ()  # per episode in [0, 1]; drawn when empty
     cascade_fraction: float = 0.1
     min_cascade_s: float = 5.0
@@ -70,6 +71,7 @@ class Episode:
     magnitude: float
     severity: float
     root_services: tuple[int, ...]
+    pressure: float = 0.0  # extra external load reached (linearly) by the trigger's start
 
 
 @dataclass
@@ -131,8 +133,9 @@ class Scenario:
             trig = t + min(rng.uniform(*cfg.calm_s), 0.3 * length)
             dur = rng.uniform(*cfg.trigger_s)
             ramp = rng.uniform(*cfg.ramp_s)
+            pressure = rng.uniform(*cfg.pressure)
             eps.append(Episode(t, t + length, mech, trig, trig + ramp + dur, ramp,
-                               lo + sev * (hi - lo), float(sev), self._roots(mech)))
+                               lo + sev * (hi - lo), float(sev), self._roots(mech), pressure))
             t += length
         return eps
 
@@ -149,12 +152,14 @@ class Scenario:
 
     def _effects(self, ep: Episode, t: float) -> TickEffects:
         s = self.graph.n_services
-        fx = TickEffects(np.ones(s), np.zeros(s))
+        # the fleet's load grows towards the trigger (a busy hour): less headroom left
+        growth = ep.pressure * min(1.0, (t - ep.start_s) / max(ep.trigger_s - ep.start_s, 1.0))
+        fx = TickEffects(np.full(s, 1.0 + growth), np.zeros(s))
         if not (ep.trigger_s <= t < ep.trigger_end_s):
             return fx
         roots = list(ep.root_services)
         if ep.mechanism == "retry_storm":
-            fx.load_mult[roots] = 1.0 + (ep.magnitude - 1.0) * self._ramp(ep, t)
+            fx.load_mult[roots] *= 1.0 + (ep.magnitude - 1.0) * self._ramp(ep, t)
         elif ep.mechanism == "timeout_propagation":
             fx.extra_latency[roots] = ep.magnitude * self._ramp(ep, t)
         else:  # load_redistribution: the doomed replicas crash one after another
