@@ -3,17 +3,14 @@ sequence features (keyed state when streaming, a sorted fold per tenant in batch
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import apache_beam as beam
 import orjson
-import pyarrow.parquet as pq
 from apache_beam import coders
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec
 
 from pipelines.beam import counters
+from pipelines.beam.transforms import write_pane
 from pipelines.telemetry import DeadLetter
 from pipelines.topology.features import FeatureExtractor, WindowFeatures
 from pipelines.topology.rows import feature_table, non_finite
@@ -93,12 +90,8 @@ class WriteFeatures(beam.DoFn):
 
     def process(self, row):
         wf, vec = row
-        path = os.path.join(self.out_dir, "features", f"tenant={wf.tenant}",
-                            f"window={ms(wf.window_start)}-pane={wf.pane_index}.parquet")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(feature_table([(wf, vec)]), tmp)
-        os.replace(tmp, path)
+        write_pane(self.out_dir, "features", wf.tenant, ms(wf.window_start), wf.pane_index,
+                   feature_table([(wf, vec)]))
         return []
 
 

@@ -7,7 +7,6 @@ fold per tenant (batch); the predictor is loaded once per DoFn instance (``setup
 from __future__ import annotations
 
 import os
-import uuid
 
 import apache_beam as beam
 import pyarrow as pa
@@ -17,6 +16,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec
 
 from pipelines.beam import counters
+from pipelines.beam.transforms import write_pane
 from pipelines.inference import PredictorSpec, history_step
 from pipelines.topology.sequence import ms
 from schemas import FEATURES_SCHEMA_VERSION
@@ -76,16 +76,14 @@ class PredictBatch(_Predicts):
 
 
 class WritePredictions(beam.DoFn):
+    """One Parquet file per (tenant, window, pane), like the snapshots."""
+
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
 
     def process(self, row: dict):
-        path = os.path.join(self.out_dir, "predictions", f"tenant={row['tenant']}",
-                            f"window={row['window_start']}-pane={row['pane_index']}.parquet")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(pa.Table.from_pylist([row], schema=PREDICTION_ROW), tmp)
-        os.replace(tmp, path)
+        write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],
+                   pa.Table.from_pylist([row], schema=PREDICTION_ROW))
         return []
 
 

@@ -7,6 +7,7 @@ import uuid
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
@@ -79,26 +80,27 @@ class WindowedSnapshots(beam.PTransform):
                 | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id)))
 
 
-def snapshot_path(out_dir: str, snap: WindowSnapshot) -> str:
-    """One file per (tenant, window, pane): a replay overwrites, never duplicates."""
-    start_ms = int(round(snap.window_start * 1000))
-    return os.path.join(out_dir, "snapshots", f"tenant={snap.tenant}",
-                        f"window={start_ms}-pane={snap.pane_index}.parquet")
+def write_pane(out_dir: str, kind: str, tenant: str, window_start_ms: int, pane: int,
+               table: pa.Table) -> str:
+    """One Parquet file per (kind, tenant, window, pane), written atomically: a replay
+    overwrites, never duplicates."""
+    path = os.path.join(out_dir, kind, f"tenant={tenant}", f"window={window_start_ms}-pane={pane}.parquet")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 class WriteSnapshots(beam.DoFn):
-    """Writes each snapshot pane as its own Parquet file (atomic rename)."""
+    """Writes each snapshot pane as its own Parquet file."""
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
 
     def process(self, snap: WindowSnapshot):
-        path = snapshot_path(self.out_dir, snap)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(snapshots_to_table([snap]), tmp)
-        os.replace(tmp, path)
-        yield path
+        yield write_pane(self.out_dir, "snapshots", snap.tenant, int(round(snap.window_start * 1000)),
+                         snap.pane_index, snapshots_to_table([snap]))
 
 
 class WriteDeadLetters(beam.DoFn):
