@@ -117,16 +117,6 @@ class EventBuilder:
         return [Watermark(t)]
 
 
-def file_events(paths: Iterable[str], spec: WindowSpec, lag_s: float = 5.0,
-                guard: TimestampGuard | None = None) -> tuple[list[Event], SourceStats]:
-    """Events for a fixed list of files, read in order, as the landing directory would."""
-    b = EventBuilder(spec, guard)
-    events: list[Event] = []
-    for path in paths:
-        events += b.file_then_advance(path, lag_s)
-    return events, b.stats
-
-
 def scripted_events(script: Iterable[tuple], spec: WindowSpec,
                     guard: TimestampGuard | None = None) -> tuple[list[Event], SourceStats]:
     """Events for a test script of ``("lines", source, [bytes, ...])`` and

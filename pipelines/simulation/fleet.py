@@ -18,6 +18,7 @@ import numpy as np
 from pipelines.simulation.graphs import ServiceGraph, assign_replicas
 
 UNHEALTHY_ERROR_RATE = 0.5
+SETTLE_TICKS = 32  # silent ticks that bring a reset fleet to its steady state
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,11 @@ class Fleet:
         self.fail_prob = np.zeros(self.n)
         self.workers = np.full(self.n, np.inf)
         calm = TickEffects(np.ones(self.graph.n_services), np.zeros(self.graph.n_services))
-        for _ in range(self.depth_hint()):  # let downstream latency settle
+        for _ in range(SETTLE_TICKS):  # let downstream latency settle
             self.step(-1.0, calm, emit=False)
         self.workers = (1.0 + p.worker_headroom) * self.capacity * self.latency
         self.queue[:] = 0.0
         self.overloaded_for[:] = 0.0
-
-    def depth_hint(self) -> int:
-        return 32
 
     # -- one tick --------------------------------------------------------------------
     def step(self, t: float, fx: TickEffects, dt: float = 1.0,

@@ -9,7 +9,6 @@ window in keyed state and call both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,6 @@ from pipelines.topology.classic import CLASSIC_NAMES, classic_features
 from pipelines.topology.diagram_features import summary, summary_names, top_bars, wasserstein
 from pipelines.topology.filtrations import CoMovementCloud, StressFiltration, sample_bins
 from pipelines.windowing import WindowSnapshot
-from schemas import FEATURES_SCHEMA, FEATURES_SCHEMA_VERSION
 
 STRESS_THRESHOLDS = np.array([0.25, 0.5, 0.75, 0.9, 1.0])
 COMOVE_THRESHOLDS = np.array([0.1, 0.25, 0.5, 0.75, 1.0])
@@ -115,11 +113,3 @@ class FeatureExtractor:
                     cur.ews[0] - prev.ews[0], cur.ews[1] - prev.ews[1]]
         return np.concatenate([cur.values, tail])
 
-
-def load_feature_schema() -> dict:
-    """The versioned feature schema; the code's names must equal it (tests check)."""
-    doc = json.loads(FEATURES_SCHEMA.read_text())
-    if doc["version"] != FEATURES_SCHEMA_VERSION:
-        raise ValueError(f"{FEATURES_SCHEMA} holds version {doc['version']}, "
-                         f"expected {FEATURES_SCHEMA_VERSION}")
-    return doc

@@ -48,7 +48,3 @@ def vectors(table: pa.Table) -> np.ndarray:
         return np.zeros((0, len(names)))
     return np.column_stack([table.column(n).to_numpy() for n in names])
 
-
-def window_key(table: pa.Table, i: int) -> tuple[str, float]:
-    return table.column("tenant")[i].as_py(), table.column("window_start")[i].as_py().timestamp()
-
