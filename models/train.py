@@ -54,6 +54,10 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict:
             "n": int(len(y)), "positives": int(y.sum())}
 
 
+def _fmt(score: float | None) -> str:
+    return "n/a (one class only)" if score is None else f"{score:.3f}"
+
+
 def predict(model: CascadeCfC, x: np.ndarray, dt: np.ndarray, batch: int = 1024) -> np.ndarray:
     model.eval()
     out = []
@@ -107,6 +111,6 @@ def train(cfg: TrainConfig, data: list[ScenarioWindows] | None = None, log=print
         "train_seconds": round(time.perf_counter() - t0, 1),
         "config": asdict(cfg) | {"data": asdict(cfg.data) | {"window": asdict(cfg.data.window)}},
     }
-    log(f"CfC test PR-AUC {metrics['cfc_test']['pr_auc']:.3f} vs logistic regression "
-        f"{metrics['logistic_regression_test']['pr_auc']:.3f} ({metrics['train_seconds']} s)")
+    log(f"CfC test PR-AUC {_fmt(metrics['cfc_test']['pr_auc'])} vs logistic regression "
+        f"{_fmt(metrics['logistic_regression_test']['pr_auc'])} ({metrics['train_seconds']} s)")
     return TrainResult(model, metrics, dataset_hash(data), mean, std)

@@ -225,7 +225,9 @@ class Scenario:
 
     def _label(self, ep: Episode) -> EpisodeLabel:
         cfg = self.cfg
-        k0, k1 = int(round(ep.trigger_s / cfg.tick_s)), int(round(ep.end_s / cfg.tick_s))
+        # searched from the episode's start, not the trigger's: the growing background load
+        # alone can tip agents with little headroom over first, and that onset is real
+        k0, k1 = int(round(ep.start_s / cfg.tick_s)), int(round(ep.end_s / cfg.tick_s))
         u = self.unhealthy_counts[k0:k1]
         label = EpisodeLabel(ep.mechanism, False, cfg.start_epoch_s + ep.trigger_s,
                              cfg.start_epoch_s + ep.trigger_end_s, ep.magnitude,
