@@ -45,6 +45,9 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python bench/bench_beam.py
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_predictors.py
+	$(BIN)/python bench/bench_consensus.py
+	$(BIN)/python bench/bench_graph_sink.py
+	$(BIN)/python bench/bench_backtest.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

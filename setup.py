@@ -36,6 +36,13 @@ RUNTIME = [
     "tritonclient==2.45.0",
     "geventhttpclient==2.0.2",
     "python-rapidjson==1.25",
+    # graph sink (issue 5): the official driver; locally an embedded ArcadeDB Bolt server
+    "neo4j==6.4.1",
+    "arcadedb-embedded==26.10.2.post1",
+    # consensus (issue 6): Ed25519 keys and signatures
+    "cryptography==50.0.2",
+    # backtest report (issue 7): plots embedded in report.html
+    "matplotlib==3.11.2",
 ]
 
 # training and export only; never imported on the runtime path
@@ -60,7 +67,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipelines", "pipelines.*", "schemas", "schemas.*",
                                     "models", "models.*"]),
-    package_data={"schemas": ["*.json", "expectations/*.json"],
+    package_data={"schemas": ["*.json", "*.cypher", "*.md", "expectations/*.json"],
                   "models": ["cascade_cfc/*.onnx", "cascade_cfc/*.json", "cascade_cfc/*.pt"]},
     install_requires=RUNTIME,
     extras_require={"train": TRAIN, "test": TEST + TRAIN},

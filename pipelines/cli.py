@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -101,6 +102,78 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton-url", dest="triton_url", help="host:port of a Triton server")
     p.add_argument("--triton-protocol", dest="triton_protocol", choices=("grpc", "http"))
     p.add_argument("--no-progress", action="store_true")
+    add_graph_args(p)
+    add_consensus_args(p)
+
+
+def add_consensus_args(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("consensus (n = 3f+1 validators agree on every prediction)")
+    c.add_argument("--no-consensus", dest="consensus", action="store_false", default=None,
+                   help="predictions go on without validator agreement (no certificates)")
+    c.add_argument("--validators", type=int, help="n = 3f+1 validators (default 4)")
+    c.add_argument("--consensus-epsilon", dest="consensus_epsilon", type=float,
+                   help="largest |p - p'| a validator accepts (default 1e-4); the risk band must match")
+    c.add_argument("--risk-bands", dest="risk_bands", help="probability cut points (default 0.3,0.7)")
+    c.add_argument("--max-block", dest="max_block", type=int, help="verdicts per block (default 256)")
+    c.add_argument("--validator-backends", dest="validator_backends",
+                   help="onnx|triton for all, or one per validator comma-separated (default onnx)")
+
+
+def _consensus_overrides(a: argparse.Namespace) -> dict:
+    names = ("consensus", "validators", "consensus_epsilon", "risk_bands", "max_block", "validator_backends")
+    return {k: getattr(a, k, None) for k in names}
+
+
+def add_graph_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("graph sink (Neo4j over Bolt; default: an embedded ArcadeDB Bolt server)")
+    g.add_argument("--no-graph", dest="graph", action="store_false", default=None,
+                   help="do not write predictions and topology to the graph")
+    g.add_argument("--graph-uri", dest="graph_uri",
+                   help="bolt:// or neo4j:// URI of a Neo4j 5 server (default: $NEO4J_URI, else embedded)")
+    g.add_argument("--graph-user", dest="graph_user", help="default: $NEO4J_USER, else neo4j")
+    g.add_argument("--graph-password", dest="graph_password", help="default: $NEO4J_PASSWORD")
+    g.add_argument("--graph-database", dest="graph_database", help="default: $NEO4J_DATABASE, else neo4j")
+    g.add_argument("--graph-epsilon", dest="graph_epsilon", type=float,
+                   help="agent/CALLS values that moved less than this (relative) are not rewritten")
+    g.add_argument("--graph-refresh-windows", dest="graph_refresh_windows", type=int,
+                   help="rewrite every agent/CALLS row at least this often (0: never)")
+    g.add_argument("--graph-batch-size", dest="graph_batch_size", type=int, help="rows per transaction")
+    g.add_argument("--graph-top-k", dest="graph_top_k", type=int, help="implicated agents per prediction")
+
+
+_GRAPH_FLAGS = ("graph", "graph_uri", "graph_user", "graph_password", "graph_database", "graph_epsilon",
+                "graph_refresh_windows", "graph_batch_size", "graph_top_k")
+
+
+def _graph_overrides(a: argparse.Namespace) -> dict:
+    return {k: getattr(a, k, None) for k in _GRAPH_FLAGS}
+
+
+@contextlib.contextmanager
+def _graph_session(cfg):
+    """The GraphSpec of a run (None without the graph sink); prints what the sink did."""
+    from pipelines.graph.sink import pending_batches
+    from pipelines.graph.target import open_graph, spill_path
+
+    settings = cfg.graph_settings()
+    if settings is None:
+        yield None
+        return
+    with open_graph(settings, cfg.out, log=lambda m: print(m, file=sys.stderr)) as spec:
+        yield spec
+    waiting = pending_batches(spill_path(cfg.out))
+    if waiting:
+        print(f"graph: {waiting} batch(es) could not be written to {spec.uri} and wait in "
+              f"{spill_path(cfg.out)} ({_last_spill_error(spill_path(cfg.out))}); deliver them with "
+              f"`aura sink replay --out {cfg.out}` (or the next run does)", file=sys.stderr)
+
+
+def _last_spill_error(path: str) -> str:
+    last = ""
+    with open(path) as fh:
+        for line in fh:
+            last = line or last
+    return json.loads(last).get("error", "unknown error") if last.strip() else "unknown error"
 
 
 def run_job(a: argparse.Namespace, progress_total: int | None = None):
@@ -115,27 +188,32 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s,
                           features=a.features, ph_backend=a.ph_backend,
                           comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir,
-                          predictor=a.predictor, triton_url=a.triton_url, triton_protocol=a.triton_protocol)
+                          predictor=a.predictor, triton_url=a.triton_url, triton_protocol=a.triton_protocol,
+                          **_graph_overrides(a), **_consensus_overrides(a))
     spec, extractor, predictor = cfg.window_spec(), cfg.extractor(), cfg.predictor_spec()
-    bar = None if a.no_progress else _progress(progress_total)
-    if cfg.landing:
-        on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
-        source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
-                                  poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
-                                  max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
-        summary = job.run_landing(source, cfg.out, extractor, predictor)
-    else:
-        paths = job.expand_inputs(cfg.input)
-        if bar is not None:
-            bar.total = len(paths)
-            bar.unit = "file"
-        if cfg.mode == "batch":
-            summary = job.run_batch(paths, spec, cfg.out, extractor, predictor)
+    consensus = cfg.consensus_spec()
+    with _graph_session(cfg) as graph:  # the configured Neo4j, or the embedded server (stopped after)
+        bar = None if a.no_progress else _progress(progress_total)
+        if cfg.landing:
+            on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
+            source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
+                                      poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
+                                      max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
+            summary = job.run_landing(source, cfg.out, extractor, predictor, graph, consensus=consensus)
         else:
-            summary = job.run_files_streaming(paths, spec, cfg.out, cfg.max_out_of_orderness_s,
-                                              cfg.guard(), extractor, predictor)
-        if bar is not None:
-            bar.update(len(paths))
+            paths = job.expand_inputs(cfg.input)
+            if bar is not None:
+                bar.total = len(paths)
+                bar.unit = "file"
+            if cfg.mode == "batch":
+                summary = job.run_batch(paths, spec, cfg.out, extractor, predictor, graph,
+                                        consensus=consensus)
+            else:
+                summary = job.run_files_streaming(paths, spec, cfg.out, cfg.max_out_of_orderness_s,
+                                                  cfg.guard(), extractor, predictor, graph,
+                                                  consensus=consensus)
+            if bar is not None:
+                bar.update(len(paths))
     if bar is not None:
         bar.close()
     with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
@@ -158,6 +236,9 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
              ("feature rows", s.feature_rows), ("predictions", s.predictions),
              ("windows dead-lettered (features)", sum(s.window_dead.values()))]
     rows += [(f"  - {reason}", n) for reason, n in sorted(s.window_dead.items())]
+    if s.consensus:
+        rows += [("  - committed by consensus", s.consensus["committed"]),
+                 ("  - disputed (dead-lettered)", s.consensus["disputed"])]
     rows += [
              ("reconciles (in = windowed + dead)", "yes" if s.reconciles else "NO"),
              ("elapsed", f"{s.elapsed_s:.1f} s"),
@@ -165,6 +246,8 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
              ("snapshots", os.path.join(s.out_dir, "snapshots")),
              ("features", os.path.join(s.out_dir, "features")),
              ("predictions", os.path.join(s.out_dir, "predictions")),
+             ("graph batches written", sum(v for k, v in s.graph.items() if k.startswith("written."))),
+             ("graph batches spilled", sum(v for k, v in s.graph.items() if k.startswith("spilled."))),
              ("dead letters", os.path.join(s.out_dir, "deadletter"))]
     rows += list((extra or {}).items())
     width = max(len(str(k)) for k, _ in rows)
@@ -322,6 +405,135 @@ def serve(a: argparse.Namespace) -> int:
     return 0 if code == 0 else 1
 
 
+# -- graph: sink replay, query -------------------------------------------------------------
+def _add_graph_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="output/run",
+                   help="the run's output folder (embedded graph in <out>/graph, spill file)")
+    p.add_argument("--graph-uri", dest="graph_uri", help="Neo4j URI (default: $NEO4J_URI, else embedded)")
+    p.add_argument("--graph-user", dest="graph_user")
+    p.add_argument("--graph-password", dest="graph_password")
+    p.add_argument("--graph-database", dest="graph_database")
+
+
+def _graph_target(a: argparse.Namespace):
+    from pipelines.graph.target import GraphSettings, graph_dir
+
+    settings = GraphSettings(a.graph_uri, a.graph_user, a.graph_password, a.graph_database)
+    if not settings.resolved().uri and not os.path.isdir(graph_dir(a.out)):
+        raise FileNotFoundError(f"no embedded graph in {graph_dir(a.out)} (run `aura run --out {a.out}` "
+                                "first, or give --graph-uri)")
+    return settings
+
+
+def sink_replay(a: argparse.Namespace) -> int:
+    """Deliver the batches a run spilled (open_graph replays them before anything else)."""
+    from pipelines.graph.sink import pending_batches
+    from pipelines.graph.target import open_graph, spill_path
+
+    path = spill_path(a.out)
+    if not pending_batches(path):
+        print(f"nothing to replay: no spilled batches in {path}")
+        return 0
+    with open_graph(_graph_target(a), a.out, log=print):
+        pass
+    left = pending_batches(path)
+    return 0 if left == 0 else 1
+
+
+def query(a: argparse.Namespace) -> int:
+    """Agents most at risk now, a tenant's topology timeline, or one prediction."""
+    from pipelines.graph import query as Q
+    from pipelines.graph.target import open_graph
+
+    if a.what in ("timeline", "prediction") and not a.tenant:
+        raise ValueError(f"`aura query {a.what}` needs --tenant")
+    with open_graph(_graph_target(a), a.out, replay=False, log=lambda m: print(m, file=sys.stderr)) as spec:
+        sink_driver = spec.driver()
+        try:
+            if a.what == "at-risk":
+                result = Q.at_risk(sink_driver, spec.database, a.tenant, a.limit)
+            elif a.what == "timeline":
+                result = Q.timeline(sink_driver, spec.database, a.tenant, a.limit)
+            else:
+                result = Q.prediction(sink_driver, spec.database, a.tenant, a.window)
+        finally:
+            sink_driver.close()
+    print(Q.render(result, a.json))
+    return 0 if result else 1
+
+
+# -- audit ---------------------------------------------------------------------------------
+def audit_verify(a: argparse.Namespace) -> int:
+    """Verify every consensus audit log of a run: 0 when all check out."""
+    from pipelines.consensus.audit import audit_logs, verify_log
+
+    logs = audit_logs(a.path)
+    if not logs or not os.path.exists(logs[0]):
+        print(f"aura audit: error: no audit log at {a.path}", file=sys.stderr)
+        return 2
+    bad = 0
+    for path in logs:
+        r = verify_log(path)
+        bad += not r.ok
+        status = "ok" if r.ok else f"FAILED: {r.error}"
+        print(f"{path}: {r.blocks} blocks, {r.verdicts} verdicts, {status}")
+    return 1 if bad else 0
+
+
+# -- backtest ------------------------------------------------------------------------------
+def _seeds(text: str) -> tuple[int, ...]:
+    """"1000-1007" or "1,5,9" (or both, comma-separated)."""
+    out: list[int] = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return tuple(out)
+
+
+def add_backtest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", help="a directory of recorded NDJSON/Parquet telemetry (default: simulate)")
+    p.add_argument("--labels", help="its labels file (default <input>/labels.json or <input>/../labels.json)")
+    p.add_argument("--out", default="output/backtest", help="metrics.json, report.html, cache")
+    p.add_argument("--model-dir", dest="model_dir", help="ONNX model + metadata (default: committed)")
+    p.add_argument("--val-seeds", dest="val_seeds", type=_seeds,
+                   help="validation scenario seeds, e.g. 1000-1007")
+    p.add_argument("--test-seeds", dest="test_seeds", type=_seeds, help="in-distribution test seeds")
+    p.add_argument("--ood-seeds", dest="ood_seeds", type=_seeds, help="out-of-distribution test seeds")
+    p.add_argument("--ood-agents", dest="ood_agents", type=_seeds,
+                   help="fleet sizes training never saw (400)")
+    p.add_argument("--duration", dest="duration_s", type=float,
+                   help="seconds per scenario (default: training's)")
+    p.add_argument("--fit-scenarios", dest="fit_scenarios", type=int,
+                   help="use only the first N training scenarios to fit baselines (quick runs)")
+    p.add_argument("--fit-duration", dest="fit_duration_s", type=float,
+                   help="(quick runs) shorter fit scenarios")
+    p.add_argument("--false-alarm-budget", dest="false_alarm_budget", type=float,
+                   help="false alarms per fleet-hour on validation that fix the operating threshold (1)")
+    p.add_argument("--no-consensus", dest="consensus", action="store_false", default=None,
+                   help="score predictions without validator agreement")
+    p.add_argument("--validators", type=int, help="n = 3f+1 consensus validators (default 4)")
+    p.add_argument("--ablation-epochs", dest="ablation_epochs", type=int,
+                   help="(quick runs) epochs of the ablation")
+    p.add_argument("--timelines", type=int, help="risk timelines in the report (default 4)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def backtest(a: argparse.Namespace) -> int:
+    from pipelines.backtest.run import BacktestConfig, headline, run_backtest
+
+    keys = ("input", "labels", "out", "model_dir", "val_seeds", "test_seeds", "ood_seeds", "ood_agents",
+            "duration_s", "fit_scenarios", "fit_duration_s", "false_alarm_budget", "consensus", "validators",
+            "ablation_epochs", "timelines", "cache", "progress")
+    cfg = BacktestConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
+    metrics = run_backtest(cfg)
+    print(headline(metrics))
+    print(f"report:  {os.path.join(cfg.out, 'report.html')}\nmetrics: {os.path.join(cfg.out, 'metrics.json')}"
+          f"\n({metrics['run']['elapsed_s']:.0f} s; pipeline {metrics['run']['pipeline']['events_per_s']:,} "
+          f"events/s)")
+    return 0 if metrics["run"]["pipeline"]["reconciles"] else 1
+
+
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA: early warning for cascading "
@@ -349,6 +561,22 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workdir", default="output/triton")
     sv.add_argument("--http-port", type=int)
     sv.add_argument("--grpc-port", type=int)
+    sk = sub.add_parser("sink", help="graph sink maintenance")
+    sk_sub = sk.add_subparsers(dest="sink_command", required=True)
+    _add_graph_target_args(sk_sub.add_parser("replay", help="deliver the batches a run spilled"))
+    q = sub.add_parser("query", help="read the graph: agents at risk, topology timeline, a prediction")
+    q.add_argument("what", choices=("at-risk", "timeline", "prediction"))
+    q.add_argument("--tenant")
+    q.add_argument("--window", type=int, help="prediction: window start (epoch ms); default the latest")
+    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_graph_target_args(q)
+    au = sub.add_parser("audit", help="the consensus audit log")
+    au_sub = au.add_subparsers(dest="audit_command", required=True)
+    av = au_sub.add_parser("verify", help="check hashes, chain and signatures end to end")
+    av.add_argument("path", help="a run's output directory, its audit/ directory, or one log file")
+    add_backtest_args(sub.add_parser("backtest", help="score cascade predictions and baselines on "
+                                     "held-out labelled telemetry (Beam batch); report.html + metrics.json"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -373,8 +601,16 @@ def main(argv: list[str] | None = None) -> int:
             return train_model(a)
         if a.command == "export":
             return export_model(a)
+        if a.command == "sink":
+            return sink_replay(a)
+        if a.command == "query":
+            return query(a)
         if a.command == "serve":
             return serve(a)
+        if a.command == "backtest":
+            return backtest(a)
+        if a.command == "audit":
+            return audit_verify(a)
         return validate(a)
     except (ValueError, FileNotFoundError) as err:
         print(f"aura {a.command}: error: {err}", file=sys.stderr)

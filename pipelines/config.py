@@ -41,6 +41,21 @@ class RunConfig:
     predictor: str = "onnx"  # onnx (in-process ONNX Runtime) | triton (tritonclient)
     triton_url: str = "127.0.0.1:8001"
     triton_protocol: str = "grpc"  # grpc | http
+    consensus: bool = True  # n validators must agree on each prediction (BFT) before it goes on
+    validators: int = 4  # n = 3f + 1 (4, 7, 10, ...)
+    consensus_epsilon: float = 1e-4  # a validator agrees when |p - p'| <= this and the risk band matches
+    risk_bands: str = "0.3,0.7"  # probability cut points of the bands low | elevated | high
+    max_block: int = 256  # verdicts per consensus block
+    validator_backends: str = "onnx"  # one kind for all validators, or one per validator: onnx,triton,...
+    graph: bool = True  # write predictions plus topology to the graph (Neo4j / embedded Bolt server)
+    graph_uri: str | None = None  # bolt:// or neo4j:// URI; None: NEO4J_URI, else the embedded server
+    graph_user: str | None = None  # None: NEO4J_USER (or NEO4J_USERNAME), else "neo4j"
+    graph_password: str | None = None  # None: NEO4J_PASSWORD
+    graph_database: str | None = None  # None: NEO4J_DATABASE, else "neo4j"
+    graph_epsilon: float = 0.05  # agent/CALLS values that moved less than this are not rewritten
+    graph_refresh_windows: int = 10  # ... but every row is rewritten at least this often (0: never)
+    graph_batch_size: int = 5000  # rows per transaction
+    graph_top_k: int = 5  # implicated agents per prediction
 
     def validate(self) -> RunConfig:
         if (self.input is None) == (self.landing is None):
@@ -53,10 +68,36 @@ class RunConfig:
         if self.ph_backend not in ("ripser", "giotto"):
             raise ValueError(f"ph_backend must be 'ripser' or 'giotto', got {self.ph_backend!r}")
         self.extractor()  # raises on bad feature parameters
+        if self.graph_epsilon < 0 or self.graph_batch_size < 1 or self.graph_top_k < 0:
+            raise ValueError("graph_epsilon must be >= 0, graph_batch_size >= 1, graph_top_k >= 0")
         if self.predict and not self.features:
             raise ValueError("the prediction stage needs the feature stage "
                              "(drop --no-features or add --no-predict)")
         return self
+
+    def consensus_spec(self):
+        """The consensus stage's settings, or None without prediction or with ``consensus = false``."""
+        from pipelines.beam.consensus import ConsensusSpec
+        from pipelines.consensus.validator import RiskBands
+
+        if not (self.predict and self.consensus):
+            return None
+        if self.validators < 4 or (self.validators - 1) % 3:
+            raise ValueError(f"validators must be 3f+1 with f >= 1 (4, 7, 10, ...), got {self.validators}")
+        kinds = [k.strip() for k in self.validator_backends.split(",") if k.strip()]
+        if len(kinds) == 1:
+            kinds *= self.validators
+        if len(kinds) != self.validators or not set(kinds) <= {"onnx", "triton"}:
+            raise ValueError(f"validator_backends: one of onnx|triton, or {self.validators} of them "
+                             f"comma-separated; got {self.validator_backends!r}")
+        cuts = tuple(float(c) for c in self.risk_bands.split(",") if c.strip())
+        names = ("low", "elevated", "high")\
+            if len(cuts) == 2 else tuple(f"band{i}" for i in range(len(cuts) + 1))
+        if self.consensus_epsilon < 0 or self.max_block < 1:
+            raise ValueError("consensus_epsilon must be >= 0 and max_block >= 1")
+        model_dir = self.model_dir or DEFAULT_MODEL_DIR
+        specs = tuple(PredictorSpec(k, model_dir, self.triton_url, self.triton_protocol) for k in kinds)
+        return ConsensusSpec(specs, self.consensus_epsilon, RiskBands(cuts, names), self.max_block)
 
     def predictor_spec(self) -> PredictorSpec | None:
         """The predictor when predicting (its model checked to load), else None."""
@@ -77,6 +118,17 @@ class RunConfig:
             stress=StressFiltration(self.latency_ref_ms, self.timeout_ms, self.ph_backend),
             comove=CoMovementCloud(max_points=self.comove_max_points, backend=self.ph_backend),
             timeout_ms=self.timeout_ms)
+
+    def graph_settings(self):
+        """The graph sink's settings, or None with ``graph = false``."""
+        from pipelines.graph.target import GraphSettings
+
+        if not self.graph:
+            return None
+        slide = self.window_slide_s or self.window_size_s
+        return GraphSettings(self.graph_uri, self.graph_user, self.graph_password, self.graph_database,
+                             self.graph_epsilon, self.graph_refresh_windows, self.graph_batch_size,
+                             self.graph_top_k, int(round(slide * 1000)), self.latency_ref_ms, self.timeout_ms)
 
     def guard(self) -> TimestampGuard:
         return TimestampGuard(self.max_ahead_s, self.max_behind_s)

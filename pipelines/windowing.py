@@ -119,12 +119,23 @@ def build_snapshot(tenant: str, window_start: float, window_end: float,
         i = j
     names = sorted({r["agent_id"] for r in unique} | {c["dst"] for r in unique for c in r["calls"]})
     index = {a: i for i, a in enumerate(names)}
-    n_agents, n_m = len(names), len(METRICS)
-
     sample_agent = np.fromiter((index[r["agent_id"]] for r in unique), np.int32, len(unique))
     sample_offset = np.fromiter((r["event_time"] - window_start for r in unique), np.float64,
                                 len(unique))
-    values = np.array([[r[m] for m in METRICS] for r in unique], dtype=np.float64).reshape(-1, n_m)
+    values = np.array([[r[m] for m in METRICS] for r in unique], dtype=np.float64).reshape(-1, len(METRICS))
+    calls = np.array([(index[r["agent_id"]], index[c["dst"]], c["count"], c["errors"], c["latency_ms"])
+                      for r in unique for c in r["calls"]], dtype=np.float64).reshape(-1, 5)
+    return snapshot_from_arrays(tenant, window_start, window_end, names, sample_agent, sample_offset,
+                                values, calls, len(records), len(records) - len(unique))
+
+
+def snapshot_from_arrays(tenant: str, window_start: float, window_end: float, names: list[str],
+                         sample_agent: np.ndarray, sample_offset: np.ndarray, values: np.ndarray,
+                         calls: np.ndarray, n_records: int, n_duplicates: int) -> WindowSnapshot:
+    """The aggregation step of ``build_snapshot`` over arrays of unique samples sorted by
+    (agent, time): ``calls`` is (C, 5) caller index, callee index, count, errors, latency,
+    in sample order. The columnar (backtest) path calls this directly."""
+    n_agents, n_m = len(names), len(METRICS)
     n_samples = np.bincount(sample_agent, minlength=n_agents).astype(np.int32)
     metrics = np.full((n_agents, n_m), np.nan)
     sums = np.zeros((n_agents, n_m))
@@ -134,10 +145,8 @@ def build_snapshot(tenant: str, window_start: float, window_end: float,
     rc = METRICS.index("request_count")
     metrics[seen, rc] = sums[seen, rc]
 
-    calls = [(index[r["agent_id"]], index[c["dst"]], c["count"], c["errors"], c["latency_ms"])
-             for r in unique for c in r["calls"]]
-    if calls:
-        arr = np.array(calls, dtype=np.float64)
+    if len(calls):
+        arr = calls
         key = arr[:, 0].astype(np.int64) * max(n_agents, 1) + arr[:, 1].astype(np.int64)
         uniq, inv = np.unique(key, return_inverse=True)
         count = np.bincount(inv, arr[:, 2])
@@ -154,7 +163,7 @@ def build_snapshot(tenant: str, window_start: float, window_end: float,
         n_samples=n_samples, metrics=metrics, edge_src=src, edge_dst=dst,
         edge_count=count.astype(np.int64), edge_errors=errors.astype(np.int64),
         edge_latency_ms=latency, sample_agent=sample_agent, sample_offset_s=sample_offset,
-        sample_values=values, n_records=len(records), n_duplicates=len(records) - len(unique),
+        sample_values=values, n_records=n_records, n_duplicates=n_duplicates,
     )
 
 

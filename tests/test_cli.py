@@ -93,4 +93,8 @@ def test_demo_shows_a_cascade_a_fizzle_and_reconciles_in_under_three_minutes(tmp
     summary = json.loads((tmp_path / "demo" / "run" / "summary.json").read_text())
     assert summary["reconciles"] and summary["windows"] == 60
     assert summary["read"] == 200 * 600 + 7 and summary["dead_lettered"] == 7
+    # the graph: every window's snapshot and topology written to the embedded server, stopped after
+    assert summary["graph"]["written.snapshot"] == 60 and summary["graph"]["written.topology"] == 60
+    assert not any(k.startswith("spilled") for k in summary["graph"])
+    assert os.path.isdir(tmp_path / "demo" / "run" / "graph" / "databases" / "neo4j")
     assert re.search(r"reconciles \(in = windowed \+ dead\)\s+yes", proc.stdout)

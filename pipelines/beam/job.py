@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import apache_beam as beam
 from apache_beam import coders
@@ -26,9 +26,12 @@ from apache_beam.testing.test_stream_service import TestStreamServiceController
 from apache_beam.transforms import window
 
 from pipelines.beam import counters
+from pipelines.beam.consensus import ConsensusSpec, ConsensusStage
 from pipelines.beam.features import FeatureStage, WriteFeatures
+from pipelines.beam.graph import GraphStage
 from pipelines.beam.predict import PredictionStage, WritePredictions
 from pipelines.beam.transforms import WindowedSnapshots, WriteDeadLetters, WriteSnapshots
+from pipelines.graph.sink import GraphSpec
 from pipelines.inference import PredictorSpec
 from pipelines.stream_source import (
     INPUT_SUFFIXES,
@@ -62,6 +65,8 @@ class RunSummary:
     feature_rows: int = 0
     predictions: int = 0
     window_dead: Counter = field(default_factory=Counter)  # windows without features, by reason
+    graph: Counter = field(default_factory=Counter)  # graph sink: written./spilled.<kind>, rows
+    consensus: Counter = field(default_factory=Counter)  # committed / disputed verdicts
     files: int = 0
     elapsed_s: float = 0.0
 
@@ -71,7 +76,10 @@ class RunSummary:
 
     @property
     def reconciles(self) -> bool:
-        return self.read == self.windowed + self.dead_total
+        """read == windowed + dead-lettered; with consensus, predictions == committed + disputed."""
+        c = self.consensus
+        agreed = not c or self.predictions == c["committed"] + c["disputed"]
+        return self.read == self.windowed + self.dead_total and agreed
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "out_dir": self.out_dir, "files": self.files,
@@ -79,6 +87,8 @@ class RunSummary:
                 "dead_by_reason": dict(sorted(self.dead.items())), "windows": self.windows,
                 "panes": self.panes, "feature_rows": self.feature_rows, "predictions": self.predictions,
                 "windows_dead_lettered": dict(sorted(self.window_dead.items())),
+                "graph": dict(sorted(self.graph.items())),
+                "consensus": dict(sorted(self.consensus.items())),
                 "elapsed_s": round(self.elapsed_s, 3),
                 "reconciles": self.reconciles}
 
@@ -91,6 +101,8 @@ def _fill(summary: RunSummary, counts: Counter) -> RunSummary:
     summary.predictions = counts["predictions"]
     summary.dead = _prefixed(counts, "dead.")
     summary.window_dead = _prefixed(counts, "window_dead.")
+    summary.graph = _prefixed(counts, "graph.")
+    summary.consensus = _prefixed(counts, "consensus.")
     return summary
 
 
@@ -100,17 +112,27 @@ def _prefixed(counts: Counter, prefix: str) -> Counter:
 
 def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streaming: bool,
                          run_id: str, extractor: FeatureExtractor | None,
-                         predictor: PredictorSpec | None = None):
+                         predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+                         consensus: ConsensusSpec | None = None):
     snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id)
     snaps | "WriteSnapshots" >> beam.ParDo(WriteSnapshots(out_dir))
     dead | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(out_dir, run_id))
+    rows = preds = None
     if extractor is not None:
         rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, streaming, run_id)
         rows | "WriteFeatures" >> beam.ParDo(WriteFeatures(out_dir))
         window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
         if predictor is not None:
-            preds = rows | "Predictions" >> PredictionStage(predictor, streaming, run_id)
+            preds = rows | "Predictions" >> PredictionStage(predictor, streaming, run_id,
+                                                            keep_inputs=consensus is not None)
+            if consensus is not None:  # only committed verdicts (with their certificate) go on
+                preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id)
+                disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
             preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir))
+    if graph is not None:  # predictions plus topology to Neo4j / the embedded Bolt server
+        parts = {"snapshot": snaps, "topology": rows, "prediction": preds}
+        {k: v for k, v in parts.items() if v is not None} | "Graph" >> GraphStage(
+            replace(graph, state_key=run_id), run_id)
     return snaps
 
 
@@ -164,13 +186,14 @@ def _streaming_options() -> PipelineOptions:
 
 def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_dir: str,
                  extractor: FeatureExtractor | None = None,
-                 predictor: PredictorSpec | None = None) -> RunSummary:
+                 predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+                 consensus: ConsensusSpec | None = None) -> RunSummary:
     """Streaming run over a fixed list of source events (tests, fixed files)."""
     t0, run_id = time.perf_counter(), counters.new_run()
     with beam.Pipeline(options=_streaming_options()) as p:
         outs = p | "Source" >> scripted_test_stream(events)
         _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
-                             predictor)
+                             predictor, graph, consensus)
     summary = _fill(RunSummary("streaming", out_dir, read=stats.read, files=stats.files),
                     counters.take(run_id))
     summary.elapsed_s = time.perf_counter() - t0
@@ -179,7 +202,8 @@ def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_
 
 def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_dir: str,
              extractor: FeatureExtractor | None = None,
-             predictor: PredictorSpec | None = None) -> RunSummary:
+             predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+             consensus: ConsensusSpec | None = None) -> RunSummary:
     """Streaming run over a live event iterator (a landing directory, or files read in
     turn), served to the TestStream over gRPC on loopback; ends when the iterator does.
     ``stats`` is the source's live counter object."""
@@ -192,7 +216,7 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
             outs = p | "Source" >> TestStream(coder=_CODER, output_tags={RECORDS, DEAD},
                                               endpoint=service.endpoint)
             _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
-                                 predictor)
+                                 predictor, graph, consensus)
     finally:
         service.stop()
     if not reader.finished:  # the TestStream ends quietly on a broken RPC: never pass that off
@@ -204,15 +228,18 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
 
 
 def run_landing(source: LandingDirectory, out_dir: str, extractor: FeatureExtractor | None = None,
-                predictor: PredictorSpec | None = None) -> RunSummary:
+                predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+                consensus: ConsensusSpec | None = None) -> RunSummary:
     """Streaming run over a landing directory until the source ends."""
-    return run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor)
+    return run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor, graph,
+                    consensus)
 
 
 def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s: float = 5.0,
                         guard: TimestampGuard | None = None,
                         extractor: FeatureExtractor | None = None,
-                        predictor: PredictorSpec | None = None) -> RunSummary:
+                        predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+                        consensus: ConsensusSpec | None = None) -> RunSummary:
     """Streaming run over fixed files, read in order as if they landed one by one."""
     builder = EventBuilder(spec, guard)
 
@@ -220,7 +247,7 @@ def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s:
         for path in paths:
             yield from builder.file_then_advance(path, lag_s)
 
-    return run_live(events(), builder.stats, spec, out_dir, extractor, predictor)
+    return run_live(events(), builder.stats, spec, out_dir, extractor, predictor, graph, consensus)
 
 
 # -- batch -------------------------------------------------------------------------------
@@ -252,14 +279,15 @@ def expand_inputs(pattern: str) -> list[str]:
 
 def run_batch(paths: list[str], spec: WindowSpec, out_dir: str,
               extractor: FeatureExtractor | None = None,
-             predictor: PredictorSpec | None = None) -> RunSummary:
+             predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
+             consensus: ConsensusSpec | None = None) -> RunSummary:
     """Batch run (FnApiRunner under the DirectRunner) over a fixed set of files."""
     t0, run_id = time.perf_counter(), counters.new_run()
     with beam.Pipeline(options=PipelineOptions(flags=[], runner="DirectRunner")) as p:
         parsed = (p | "Files" >> beam.Create(paths)
                   | "Parse" >> beam.ParDo(ParseFile(spec, run_id)).with_outputs(DEAD, main=RECORDS))
         _windowing_and_sinks(parsed[RECORDS], parsed[DEAD], spec, out_dir, False, run_id, extractor,
-                             predictor)
+                             predictor, graph, consensus)
     counts = counters.take(run_id)
     summary = _fill(RunSummary("batch", out_dir, read=counts["read"], files=len(paths)), counts)
     summary.elapsed_s = time.perf_counter() - t0

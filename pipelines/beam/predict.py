@@ -6,6 +6,7 @@ fold per tenant (batch); the predictor is loaded once per DoFn instance (``setup
 
 from __future__ import annotations
 
+import json
 import os
 
 import apache_beam as beam
@@ -31,12 +32,13 @@ PREDICTION_ROW = pa.schema([
     pa.field("history_windows", pa.int32(), nullable=False),
     pa.field("feature_version", pa.int32(), nullable=False),
     pa.field("predictor", pa.string(), nullable=False),
+    pa.field("certificate", pa.string(), nullable=True),  # consensus QC as JSON (null without consensus)
 ])
 
 
 class _Predicts(beam.DoFn):
-    def __init__(self, spec: PredictorSpec, run_id: str):
-        self.spec, self.run_id = spec, run_id
+    def __init__(self, spec: PredictorSpec, run_id: str, keep_inputs: bool = False):
+        self.spec, self.run_id, self.keep_inputs = spec, run_id, keep_inputs
 
     def setup(self):
         self.predictor = self.spec.build()
@@ -45,8 +47,10 @@ class _Predicts(beam.DoFn):
     def _row(self, wf, x, dt) -> dict:
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
         counters.inc(self.run_id, "predictions")
-        return {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
-                "pane_index": wf.pane_index, "probability": p, "horizon_s": self.predictor.info.horizon_s,
+        extra = {"inputs": (x, dt)} if self.keep_inputs else {}  # for the consensus validators
+        return {**extra, "tenant": wf.tenant, "window_start": ms(wf.window_start),
+                "window_end": ms(wf.window_end), "pane_index": wf.pane_index, "probability": p,
+                "horizon_s": self.predictor.info.horizon_s,
                 "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
                 "predictor": self.predictor.describe()}
 
@@ -82,6 +86,8 @@ class WritePredictions(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, row: dict):
+        if isinstance(row.get("certificate"), dict):
+            row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)}
         write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],
                    pa.Table.from_pylist([row], schema=PREDICTION_ROW))
         return []
@@ -90,17 +96,17 @@ class WritePredictions(beam.DoFn):
 class PredictionStage(beam.PTransform):
     """(WindowFeatures, vector) rows -> prediction rows (dicts, PREDICTION_ROW)."""
 
-    def __init__(self, spec: PredictorSpec, streaming: bool, run_id: str):
+    def __init__(self, spec: PredictorSpec, streaming: bool, run_id: str, keep_inputs: bool = False):
         super().__init__()
-        self.spec, self.streaming, self.run_id = spec, streaming, run_id
+        self.spec, self.streaming, self.run_id, self.keep_inputs = spec, streaming, run_id, keep_inputs
 
     def expand(self, rows):
         keyed = (rows | "KeyByTenant" >> beam.Map(lambda r: (r[0].tenant, r))
                  | "Global" >> beam.WindowInto(window.GlobalWindows()))
         if self.streaming:
-            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.spec, self.run_id))
+            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.spec, self.run_id, self.keep_inputs))
         return (keyed | "ByTenant" >> beam.GroupByKey()
-                | "Predict" >> beam.ParDo(PredictBatch(self.spec, self.run_id)))
+                | "Predict" >> beam.ParDo(PredictBatch(self.spec, self.run_id, self.keep_inputs)))
 
 
 def read_predictions(out_dir: str) -> pa.Table:

@@ -1,0 +1,1 @@
+"""Batch backtesting of cascade-prediction accuracy against baselines (issue 7)."""

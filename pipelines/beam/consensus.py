@@ -1,0 +1,116 @@
+"""Beam wiring of the consensus stage: prediction rows (with their model inputs) -> committed
+rows with a quorum certificate, and disputed windows as dead letters.
+
+One global key, so every verdict goes through one chain in order; rows are batched into
+blocks of up to ``max_block`` per bundle. The validators (n = 3f+1, each its own key and
+predictor) live in the DoFn instance; its chain's audit log goes to ``<out>/audit/``."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import orjson
+from apache_beam import coders
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from pipelines.beam import counters
+from pipelines.consensus.audit import AUDIT_DIR
+from pipelines.consensus.crypto import digest_arrays
+from pipelines.consensus.messages import Request, Verdict
+from pipelines.consensus.stage import ConsensusConfig
+from pipelines.consensus.stage import ConsensusStage as Validators
+from pipelines.consensus.validator import RiskBands
+from pipelines.inference import PredictorSpec
+from pipelines.telemetry import DeadLetter
+
+DISPUTED = "disputed"
+INPUTS = "inputs"  # the row key that carries (x, dt) from the prediction stage
+
+
+@dataclass(frozen=True)
+class ConsensusSpec:
+    """What the consensus stage builds (picklable): one predictor spec per validator."""
+
+    backends: tuple[PredictorSpec, ...] = field(default_factory=lambda: (PredictorSpec(),) * 4)
+    epsilon: float = 1e-4
+    bands: RiskBands = RiskBands()
+    max_block: int = 256
+
+    def config(self) -> ConsensusConfig:
+        return ConsensusConfig(len(self.backends), self.epsilon, self.bands, self.max_block)
+
+
+def _request(row: dict, bands: RiskBands) -> Request:
+    x, dt = row[INPUTS]
+    p = float(row["probability"])
+    v = Verdict(row["tenant"], int(row["window_start"]), int(row["window_end"]), int(row["pane_index"]), p,
+                bands.band(p), digest_arrays(x, dt))
+    return Request(v, x, dt)
+
+
+class ConsensusFn(beam.DoFn):
+    """(key, [prediction rows]) -> committed rows (+ certificate); disputed -> tagged output."""
+
+    ORDER = ReadModifyWriteStateSpec("order", coders.VarIntCoder())  # one key: serial, in order
+
+    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str):
+        self.spec, self.out_dir, self.run_id = spec, out_dir, run_id
+
+    def setup(self):
+        predictors = []
+        for s in self.spec.backends:
+            p = s.build()
+            p.load_model()
+            predictors.append(p)
+        chain = uuid.uuid4().hex
+        path = os.path.join(self.out_dir, AUDIT_DIR, f"chain-{chain}.ndjson")
+        self.stage = Validators(predictors, self.spec.config(), audit_path=path, chain_id=chain)
+
+    def process(self, element, order=beam.DoFn.StateParam(ORDER)):
+        _, rows = element
+        order.write((order.read() or 0) + len(rows))
+        by_vid = {}
+        requests = []
+        for row in rows:
+            req = _request(row, self.spec.bands)
+            by_vid.setdefault(req.vid, row)
+            requests.append(req)
+        committed, disputed = self.stage.process(requests)
+        counters.inc(self.run_id, "consensus.committed", len(committed))
+        counters.inc(self.run_id, "consensus.disputed", len(disputed))
+        for c in committed:
+            row = {k: v for k, v in by_vid[c.verdict.vid].items() if k != INPUTS}
+            yield {**row, "certificate": c.certificate}
+        for d in disputed:
+            v = d.verdict
+            raw = orjson.dumps({"verdict": dict(zip(("tenant", "window_start", "window_end", "pane_index",
+                                                     "probability", "band", "digest"), v.canon())),
+                                "objections": d.objections})
+            yield beam.pvalue.TaggedOutput(DISPUTED, DeadLetter(
+                f"consensus_{d.reason}", f"{len(d.objections)} of {len(self.spec.backends)} validators "
+                f"objected", f"consensus {v.tenant}", v.window_start, raw))
+
+    def teardown(self):
+        stage = getattr(self, "stage", None)
+        if stage is not None:
+            stage.close()
+
+
+class ConsensusStage(beam.PTransform):
+    """Prediction rows -> (committed rows with ``certificate``, disputed dead letters)."""
+
+    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str):
+        super().__init__()
+        self.spec, self.out_dir, self.run_id = spec, out_dir, run_id
+
+    def expand(self, preds):
+        n = self.spec.max_block
+        out = (preds
+               | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
+               | "OneKey" >> beam.Map(lambda rows: (0, rows))
+               | "Agree" >> beam.ParDo(ConsensusFn(self.spec, self.out_dir, self.run_id)).with_outputs(
+                   DISPUTED, main="committed"))
+        return out["committed"], out[DISPUTED]

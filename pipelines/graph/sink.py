@@ -1,0 +1,466 @@
+"""The graph sink: batched, idempotent writes over Bolt with change detection, retries
+with backoff, and a local spill file for what could not be written.
+
+One ``GraphSink`` per worker (the Beam DoFn opens it in ``setup``). Each window becomes a
+``Batch`` of steps (statement name, parameter rows); a batch is delivered in managed
+transactions (``execute_write``: the driver retries transient errors), at most
+``batch_size`` rows per transaction. When delivery still fails after ``retries`` attempts
+with exponential backoff (or the server rejects the write outright), the batch is appended
+to the spill file (NDJSON) and counted; ``replay`` (``aura sink replay``, or the next run)
+delivers it later. Replaying is harmless: every statement is idempotent.
+
+Change detection: per tenant, the values last written for each agent and CALLS edge (in a
+``SinkState`` shared by the sinks of one process). A row is written when it is new, when a
+value moved by more than ``epsilon * max(1, |old|)``, when its window is earlier than any
+seen (``first_window`` moves; the Cypher guards keep the newer values), or when its
+staggered refresh is due (every ``refresh_windows`` windows per row, spread by
+a hash of its key, so that ``last_window`` stays within that many windows of the truth).
+A spilled batch forgets its tenant's state, so the next window writes in full.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.graph import rows as R
+from pipelines.graph import statements as S
+from pipelines.topology.features import WindowFeatures
+from pipelines.topology.filtrations import StressFiltration
+from pipelines.windowing import WindowSnapshot
+
+log = logging.getLogger(__name__)
+
+STATEMENTS = {"agents": S.AGENTS, "calls": S.CALLS, "window_snapshot": S.WINDOW_SNAPSHOT,
+              "window_topology": S.WINDOW_TOPOLOGY, "chain_prev": S.CHAIN_PREV,
+              "chain_next": S.CHAIN_NEXT, "prediction": S.PREDICTION, "implicates": S.IMPLICATES}
+SPILL_NAME = "graph-spill.ndjson"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Everything a worker needs to open the sink (picklable, no connections)."""
+
+    uri: str
+    user: str = "neo4j"
+    password: str = ""
+    database: str = "neo4j"
+    epsilon: float = 0.05  # relative change below which an agent/CALLS row is not rewritten (< 0: all)
+    refresh_windows: int = 10  # every row is rewritten at least this often (staggered); 0: never
+    batch_size: int = 5000  # rows per transaction
+    top_k: int = 5  # implicated agents per window / prediction
+    slide_ms: int | None = None  # window slide (NEXT links slots start -> start + slide)
+    spill_path: str | None = None  # NDJSON of undelivered batches (None: nothing spilled, errors raise)
+    retries: int = 3  # attempts after the first, backoff_s * 2**i apart
+    backoff_s: float = 0.5
+    retry_time_s: float = 3.0  # the driver's own retry budget inside execute_write
+    connect_timeout_s: float = 3.0
+    cooldown_s: float = 5.0  # after a spill, batches go straight to the spill file this long
+    latency_ref_ms: float = 50.0
+    timeout_ms: float = 1000.0
+    state_key: str = ""  # sinks with the same key share change-detection state (one run)
+
+    def driver(self):
+        from neo4j import GraphDatabase
+
+        return GraphDatabase.driver(self.uri, auth=(self.user, self.password),
+                                    max_transaction_retry_time=self.retry_time_s,
+                                    connection_timeout=self.connect_timeout_s,
+                                    connection_acquisition_timeout=self.connect_timeout_s + 2)
+
+    def build(self) -> GraphSink:
+        return GraphSink(self)
+
+
+@dataclass
+class Batch:
+    """One window's (or prediction's) writes: ordered (statement name, rows) steps."""
+
+    kind: str  # snapshot | topology | prediction
+    tenant: str
+    window: int  # window start, ms
+    pane: int
+    steps: list[tuple[str, list[dict]]]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(r) for _, r in self.steps)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "tenant": self.tenant, "window": self.window, "pane": self.pane,
+                "steps": [[n, r] for n, r in self.steps]}
+
+    @staticmethod
+    def from_json(d: dict) -> Batch:
+        return Batch(d["kind"], d["tenant"], d["window"], d["pane"], [(n, r) for n, r in d["steps"]])
+
+
+@dataclass
+class TenantState:
+    """What the graph holds for a tenant's agents and edges (``select_changed``)."""
+
+    agents: dict[str, tuple] = field(default_factory=dict)
+    calls: dict[tuple[str, str], tuple] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SinkState:
+    """Per-tenant change-detection state shared by the sinks of one run in a process."""
+
+    _REGISTRY: dict[str, SinkState] = {}
+    _LOCK = threading.Lock()
+
+    def __init__(self):
+        self.tenants: dict[str, TenantState] = {}
+        self._lock = threading.Lock()
+
+    def tenant(self, tenant: str) -> TenantState:
+        with self._lock:
+            return self.tenants.setdefault(tenant, TenantState())
+
+    def forget(self, tenant: str) -> None:
+        st = self.tenant(tenant)
+        st.agents.clear()
+        st.calls.clear()
+
+    @classmethod
+    def shared(cls, key: str) -> SinkState:
+        if not key:
+            return cls()
+        with cls._LOCK:
+            return cls._REGISTRY.setdefault(key, cls())
+
+    @classmethod
+    def release(cls, key: str) -> None:
+        with cls._LOCK:
+            cls._REGISTRY.pop(key, None)
+
+
+def changed(old: tuple, new: tuple, epsilon: float) -> bool:
+    """True when any value moved by more than ``epsilon * max(1, |old|)`` (None = unknown)."""
+    for o, n in zip(old, new, strict=True):
+        if o is None or n is None:
+            if o is not n:
+                return True
+        elif isinstance(o, str) or isinstance(n, str):
+            if o != n:
+                return True
+        elif abs(n - o) > epsilon * max(1.0, abs(o)):
+            return True
+    return False
+
+
+def refresh_due(key: str, window_ms: int, window_len_ms: int, every: int) -> bool:
+    """Staggered refresh: each key comes due once every ``every`` window slots."""
+    if every <= 0:
+        return False
+    slot = window_ms // max(window_len_ms, 1)
+    return (zlib.crc32(key.encode()) + slot) % every == 0
+
+
+def select_changed(rows: list[dict], cache: dict, key_of, values_of, epsilon: float,
+                   window_len_ms: int, refresh: int) -> list[dict]:
+    """The rows the graph needs, given what it holds. ``cache``: key -> (values written,
+    window written, newest window seen, earliest window seen).
+
+    New key: write. Earlier than any window seen: write (``first_window`` moves; the Cypher
+    guard keeps the newer values). Older than the newest window seen: skip (the graph already
+    holds newer or equal values). The newest window again (a later pane, a redelivery): write
+    if changed. A newer window: write if changed or its staggered refresh is due.
+    """
+    out = []
+    for row in rows:
+        held = cache.get(key_of(row))
+        w = row["window"]
+        if held is None or w < held[3]:
+            out.append(row)
+            continue
+        values, _, seen, _ = held
+        if w < seen:
+            continue
+        if changed(values, values_of(row), epsilon) or (
+                w > seen and refresh_due(str(key_of(row)), w, window_len_ms, refresh)):
+            out.append(row)
+    return out
+
+
+def remember(rows: list[dict], written: list[dict], cache: dict, key_of, values_of) -> None:
+    """After a successful write of ``written`` (a subset of ``rows``): what the graph holds
+    now (written rows where they are the newest) and which windows were seen."""
+    done = {key_of(r) for r in written}
+    for row in rows:
+        key, w = key_of(row), row["window"]
+        held = cache.get(key)
+        if held is None:
+            if key in done:
+                cache[key] = (values_of(row), w, w, w)
+            continue
+        values, at, seen, first = held
+        if key in done and w >= at:
+            values, at = values_of(row), w
+        cache[key] = (values, at, max(seen, w), min(first, w))
+
+
+def _agent_key(r: dict) -> str:
+    return r["key"]
+
+
+def _agent_values(r: dict) -> tuple:
+    p = r["props"]
+    return tuple(p.get(k) for k in R.AGENT_PROPS)
+
+
+def _call_key(r: dict) -> tuple[str, str]:
+    return r["src"], r["dst"]
+
+
+def _call_values(r: dict) -> tuple:
+    return r["weight"], r["errors"], r["latency_ms"]
+
+
+class GraphUnavailable(RuntimeError):
+    """The graph server could not take a batch (and no spill file is configured)."""
+
+
+class GraphSink:
+    """Batched idempotent writer (module doc). ``stats`` counts what it did."""
+
+    def __init__(self, spec: GraphSpec, driver=None, state: SinkState | None = None):
+        self.spec = spec
+        self._driver = driver
+        self.state = state or SinkState.shared(spec.state_key)
+        self.stress = StressFiltration(spec.latency_ref_ms, spec.timeout_ms)
+        self.stats: Counter = Counter()
+        self.errors: list[str] = []
+        self._schema_applied = False
+        self._down_until = 0.0
+        self._spill_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------
+    @property
+    def driver(self):
+        if self._driver is None:
+            self._driver = self.spec.driver()
+        return self._driver
+
+    def open(self) -> GraphSink:
+        """Connect and apply the constraints; an unreachable server is not fatal here."""
+        try:
+            self.apply_schema()
+        except Exception as err:  # noqa: BLE001 - reported when a batch fails too
+            self.errors.append(f"schema: {type(err).__name__}: {err}")
+        return self
+
+    def apply_schema(self) -> None:
+        """Constraints and indexes (``schemas/graph.v1.cypher``); idempotent."""
+        with self.driver.session(database=self.spec.database) as session:
+            for stmt in S.constraint_statements():
+                session.run(stmt).consume()
+        self._schema_applied = True
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+
+    def __enter__(self) -> GraphSink:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- building batches ---------------------------------------------------------------
+    def snapshot_batch(self, snap: WindowSnapshot) -> tuple[Batch, tuple, tuple]:
+        """The batch of a snapshot pane (changed agents and edges only), and (all rows,
+        written rows) of agents and of edges, to remember once it is written."""
+        score = R.involvement(snap, self.stress)
+        hot = R.implicated(snap, self.stress, self.spec.top_k, score) if self.spec.top_k else []
+        agents, calls = R.agent_rows(snap, score), R.call_rows(snap)
+        length = R.ms(snap.window_end) - R.ms(snap.window_start)
+        st = self.state.tenant(snap.tenant)
+        eps, every = self.spec.epsilon, self.spec.refresh_windows
+        agents_w = select_changed(agents, st.agents, _agent_key, _agent_values, eps, length, every)
+        calls_w = select_changed(calls, st.calls, _call_key, _call_values, eps, length, every)
+        self.stats["agent_rows_skipped"] += len(agents) - len(agents_w)
+        self.stats["call_rows_skipped"] += len(calls) - len(calls_w)
+        win = R.window_row(snap, hot, self.spec.slide_ms)
+        steps = [("agents", agents_w), ("calls", calls_w), ("window_snapshot", [win]),
+                 ("chain_prev", [win]), ("chain_next", [win]), ("implicates", [{"key": win["key"]}])]
+        return (Batch("snapshot", snap.tenant, win["start"], win["pane"], steps), (agents, agents_w),
+                (calls, calls_w))
+
+    # -- writing ------------------------------------------------------------------------
+    def write_snapshot(self, snap: WindowSnapshot) -> bool:
+        """Agents, CALLS edges and the Window node of one snapshot pane. True if written
+        now, False if spilled."""
+        st = self.state.tenant(snap.tenant)
+        with st.lock:  # one tenant's windows are written one at a time
+            batch, (agents, agents_w), (calls, calls_w) = self.snapshot_batch(snap)
+            ok = self.deliver(batch)
+            if ok:
+                remember(agents, agents_w, st.agents, _agent_key, _agent_values)
+                remember(calls, calls_w, st.calls, _call_key, _call_values)
+                self.stats["agent_rows"] += len(agents_w)
+                self.stats["call_rows"] += len(calls_w)
+            else:
+                self.state.forget(snap.tenant)
+            return ok
+
+    def write_topology(self, wf: WindowFeatures, vec: np.ndarray) -> bool:
+        """The topology part of a Window node (feature vector, Betti numbers, ...)."""
+        row = R.topology_row(wf, vec)
+        with self.state.tenant(wf.tenant).lock:
+            return self.deliver(Batch("topology", wf.tenant, row["start"], row["pane"],
+                                      [("window_topology", [row])]))
+
+    def write_prediction(self, pred: dict) -> bool:
+        """A Prediction node, linked to its window and the window's implicated agents."""
+        row = R.prediction_row(pred)
+        with self.state.tenant(row["tenant"]).lock:
+            return self.deliver(Batch("prediction", row["tenant"], row["start"], row["pane"],
+                                      [("prediction", [row]), ("implicates", [{"key": row["window_key"]}])]))
+
+    def deliver(self, batch: Batch, spill: bool = True) -> bool:
+        """Write a batch, retrying with backoff; spill it when that fails (module doc)."""
+        from neo4j.exceptions import ClientError
+
+        if time.monotonic() < self._down_until and spill and self.spec.spill_path:
+            self._spill(batch, "graph server down (cooling off after an earlier failure)")
+            return False
+        last: Exception | None = None
+        for attempt in range(self.spec.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                time.sleep(self.spec.backoff_s * 2 ** (attempt - 1))
+            try:
+                self._write(batch)
+                self.stats["batches"] += 1
+                self.stats[f"batches.{batch.kind}"] += 1
+                return True
+            except ClientError as err:  # rejected (syntax, constraint, auth): retrying cannot help
+                last = err
+                break
+            except Exception as err:  # noqa: BLE001 - unreachable, transient, timeouts: retry
+                last = err
+        msg = f"{type(last).__name__}: {last}"
+        if not spill or not self.spec.spill_path:
+            raise GraphUnavailable(f"graph write of {batch.kind} {batch.tenant}/{batch.window} failed: {msg}")
+        self._down_until = time.monotonic() + self.spec.cooldown_s
+        self._spill(batch, msg)
+        return False
+
+    def _write(self, batch: Batch) -> None:
+        if not self._schema_applied:
+            self.apply_schema()
+        with self.driver.session(database=self.spec.database) as session:
+            for group in _transactions(batch.steps, self.spec.batch_size):
+                session.execute_write(_run_steps, group)
+
+    def _spill(self, batch: Batch, reason: str) -> None:
+        path = self.spec.spill_path
+        self._append(path, batch, reason)
+        self.stats["spilled"] += 1
+        self.stats[f"spilled.{batch.kind}"] += 1
+        if len(self.errors) < 20:
+            self.errors.append(reason)
+        log.warning("graph sink: spilled %s %s/%s to %s (%s)", batch.kind, batch.tenant, batch.window,
+                    path, reason)
+
+    # -- replay -------------------------------------------------------------------------
+    def replay(self, path: str | None = None) -> ReplayReport:
+        """Deliver the batches of a spill file (and of an interrupted earlier replay);
+        what fails again goes back to the spill file."""
+        path = path or self.spec.spill_path
+        pending = sorted(glob.glob(f"{glob.escape(path)}.replaying-*"))
+        if os.path.exists(path):
+            taken = f"{path}.replaying-{os.getpid()}-{time.time_ns()}"
+            os.replace(path, taken)
+            pending.append(taken)
+        report = ReplayReport(path)
+        for name in pending:
+            with open(name) as fh:
+                batches = [Batch.from_json(json.loads(x)) for x in fh if x.strip()]
+            for b in batches:
+                if not report.failed:  # after a failure the rest goes back untried
+                    try:
+                        self.deliver(b, spill=False)
+                        report.delivered += 1
+                        report.windows.add((b.kind, b.tenant, b.window, b.pane))
+                        continue
+                    except GraphUnavailable as err:
+                        report.error = str(err)
+                report.failed += 1
+                self._append(path, b, report.error)
+            os.remove(name)
+        return report
+
+    def _append(self, path: str, batch: Batch, reason: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        line = json.dumps({**batch.to_json(), "error": reason[:500]}, separators=(",", ":"))
+        with self._spill_lock, open(path, "a") as fh:
+            fh.write(line + "\n")
+
+    def report(self) -> str:
+        """One line on what the sink did, and where undelivered batches are."""
+        s = self.stats
+        text = (f"{s['batches']} batch(es) written ({s['agent_rows']} agent rows, {s['call_rows']} "
+                f"CALLS rows; {s['agent_rows_skipped'] + s['call_rows_skipped']} unchanged skipped)")
+        if s["spilled"]:
+            text += (f"; {s['spilled']} batch(es) NOT written, spilled to {self.spec.spill_path} "
+                     f"({self.errors[-1] if self.errors else 'unknown error'}); deliver them with "
+                     "`aura sink replay`")
+        return text
+
+
+@dataclass
+class ReplayReport:
+    path: str
+    delivered: int = 0
+    failed: int = 0
+    error: str = ""
+    windows: set = field(default_factory=set)
+
+    def render(self) -> str:
+        text = f"replayed {self.delivered} batch(es) from {self.path}"
+        if self.failed:
+            text += f"; {self.failed} still undelivered (kept in {self.path}): {self.error}"
+        return text
+
+
+def pending_batches(path: str) -> int:
+    """Batches waiting in a spill file (and interrupted replays)."""
+    n = 0
+    for name in [path, *glob.glob(f"{glob.escape(path)}.replaying-*")]:
+        if os.path.exists(name):
+            with open(name) as fh:
+                n += sum(1 for x in fh if x.strip())
+    return n
+
+
+def _transactions(steps: list[tuple[str, list[dict]]], size: int) -> list[list[tuple[str, list[dict]]]]:
+    """Split steps into transactions of at most ``size`` rows, keeping step order."""
+    groups: list[list[tuple[str, list[dict]]]] = [[]]
+    used = 0
+    for name, rows in steps:
+        for i in range(0, len(rows), size):
+            chunk = rows[i:i + size]
+            if used and used + len(chunk) > size:
+                groups.append([])
+                used = 0
+            groups[-1].append((name, chunk))
+            used += len(chunk)
+    return [g for g in groups if g]
+
+
+def _run_steps(tx, group: list[tuple[str, list[dict]]]) -> None:
+    for name, rows in group:
+        tx.run(STATEMENTS[name], rows=rows).consume()
