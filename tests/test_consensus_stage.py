@@ -105,10 +105,13 @@ def test_aura_run_commits_every_prediction_with_a_certificate(tmp_path, capsys):
     tele = tmp_path / "sim"
     assert main(["simulate", "--agents", "30", "--duration", "60", "--seed", "5", "--tenants", "2",
                  "--out", str(tele)]) == 0
+    keys = str(tmp_path / "keys")
+    assert main(["audit", "keygen", keys]) == 0
     for mode in ("batch", "streaming"):
         out = tmp_path / mode
+        signing = ["--validator-keys", keys] if mode == "batch" else []  # streaming: fresh keys
         assert main(["run", "--input", str(tele), "--mode", mode, "--out", str(out), "--no-progress",
-                     "--no-graph", "--max-block", "8"]) == 0
+                     "--no-graph", "--max-block", "8", *signing]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["predictions"] > 0 and summary["reconciles"]
         assert summary["consensus"] == {"committed": summary["predictions"]}
@@ -116,6 +119,7 @@ def test_aura_run_commits_every_prediction_with_a_certificate(tmp_path, capsys):
         assert len(table) == summary["predictions"]
         assert all(json.loads(r["certificate"])["signers"] for r in table)
         assert main(["audit", "verify", str(out)]) == 0
+        assert main(["audit", "verify", str(out), "--committee", keys]) == (0 if signing else 1)
         log = glob.glob(str(out / "audit" / "*.ndjson"))[0]
         data = bytearray(Path(log).read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -127,3 +131,36 @@ def test_aura_run_commits_every_prediction_with_a_certificate(tmp_path, capsys):
     assert main(["run", "--input", str(tele), "--out", str(tmp_path / "x"), "--validators", "5"]) == 2
     assert main(["audit", "verify", str(tmp_path / "nothing")]) == 2
     assert os.path.exists(tmp_path / "batch" / "audit")
+
+
+def test_persistent_keys_pin_the_committee_and_catch_a_log_forged_with_fresh_keys(tmp_path, onnx, capsys):
+    from pipelines.consensus.keys import load_committee, load_keys, write_keys
+
+    keys = str(tmp_path / "keys")
+    assert main(["audit", "keygen", keys]) == 0
+    assert oct(os.stat(os.path.join(keys, "validator-0.key")).st_mode & 0o777) == "0o600"
+    with pytest.raises(FileExistsError):  # keys are never overwritten
+        write_keys(keys, 4)
+    committee, signers = load_keys(keys, 4)
+    assert committee == load_committee(keys)
+    with pytest.raises(ValueError, match="committee of 4"):
+        load_keys(keys, 7)
+    reqs = requests(onnx, 60, wrong=())
+    real, forged = str(tmp_path / "real.ndjson"), str(tmp_path / "forged.ndjson")
+    for path, k in ((real, (committee, signers)), (forged, None)):  # forged: same verdicts, new keys
+        stage = ConsensusStage([onnx] * 4, ConsensusConfig(max_block=20), audit_path=path, keys=k)
+        committed, _ = stage.process(reqs)
+        stage.close()
+        assert len(committed) == 60
+    assert verify_log(real, committee).ok
+    assert verify_log(forged).ok  # self-consistent: its header names its own keys ...
+    bad = verify_log(forged, committee)  # ... so only the pin catches it
+    assert not bad.ok and "pinned committee" in bad.error
+    capsys.readouterr()
+    assert main(["audit", "verify", real, "--committee", os.path.join(keys, "committee.json")]) == 0
+    assert main(["audit", "verify", forged, "--committee", keys]) == 1
+    assert "pinned committee" in capsys.readouterr().out
+    # a key file that does not match committee.json is refused
+    Path(keys, "validator-3.key").write_text(Path(keys, "validator-2.key").read_text())
+    with pytest.raises(ValueError, match="do not match"):
+        load_keys(keys, 4)

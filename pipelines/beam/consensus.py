@@ -19,6 +19,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from pipelines.beam import counters
 from pipelines.consensus.audit import AUDIT_DIR
 from pipelines.consensus.crypto import digest_arrays
+from pipelines.consensus.keys import load_keys
 from pipelines.consensus.messages import Request, Verdict
 from pipelines.consensus.stage import ConsensusConfig
 from pipelines.consensus.stage import ConsensusStage as Validators
@@ -38,6 +39,7 @@ class ConsensusSpec:
     epsilon: float = 1e-4
     bands: RiskBands = RiskBands()
     max_block: int = 256
+    key_dir: str | None = None  # persistent validator keys (aura audit keygen); None: fresh per run
 
     def config(self) -> ConsensusConfig:
         return ConsensusConfig(len(self.backends), self.epsilon, self.bands, self.max_block)
@@ -67,7 +69,8 @@ class ConsensusFn(beam.DoFn):
             predictors.append(p)
         chain = uuid.uuid4().hex
         path = os.path.join(self.out_dir, AUDIT_DIR, f"chain-{chain}.ndjson")
-        self.stage = Validators(predictors, self.spec.config(), audit_path=path, chain_id=chain)
+        keys = load_keys(self.spec.key_dir, len(predictors)) if self.spec.key_dir else None
+        self.stage = Validators(predictors, self.spec.config(), audit_path=path, chain_id=chain, keys=keys)
 
     def process(self, element, order=beam.DoFn.StateParam(ORDER)):
         _, rows = element

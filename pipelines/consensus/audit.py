@@ -57,8 +57,9 @@ def _qc_ok(c: Committee, qc: QC) -> bool:
             and all(c.verify(s, sig, data) for s, sig in qc.sigs))
 
 
-def verify_log(path: str) -> AuditReport:
-    """Check one audit log end to end; the first problem found is reported with its line."""
+def verify_log(path: str, pinned: Committee | None = None) -> AuditReport:
+    """Check one audit log end to end; the first problem found is reported with its line.
+    ``pinned``: the committee the log must name (else its header's own keys are trusted)."""
     rep = AuditReport(path, False)
     try:
         with open(path, "rb") as fh:
@@ -77,6 +78,8 @@ def verify_log(path: str) -> AuditReport:
                 if rec.get("type") != "header":
                     raise ValueError("no header")
                 committee = Committee.from_dict(rec["committee"])
+                if pinned is not None and committee.public_keys != pinned.public_keys:
+                    raise ValueError("the log's committee is not the pinned committee (keys replaced?)")
                 prev = genesis(rec["chain_id"])
                 continue
             if rec.get("type") != "block" or rec["height"] != no - 1:

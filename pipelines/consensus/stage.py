@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pipelines.consensus.audit import AuditLog
-from pipelines.consensus.crypto import make_committee
+from pipelines.consensus.crypto import Committee, Signer, make_committee
 from pipelines.consensus.messages import Committed, Objection, Request, Verdict, objection_bytes, vote_bytes
 from pipelines.consensus.network import Network
 from pipelines.consensus.replica import ProtocolConfig, Replica
@@ -45,12 +45,15 @@ class ConsensusStage:
 
     def __init__(self, predictors: list, cfg: ConsensusConfig = ConsensusConfig(),
                  audit_path: str | None = None, chain_id: str | None = None, key_seed: bytes | None = None,
-                 wrap=None):
+                 wrap=None, keys: tuple[Committee, list[Signer]] | None = None):
         if len(predictors) != cfg.validators:
             raise ValueError(f"{cfg.validators} validators need {cfg.validators} predictors")
         self.cfg = cfg
         self.chain_id = chain_id or uuid.uuid4().hex
-        self.committee, signers = make_committee(cfg.validators, key_seed)
+        # persistent keys (``keys``, see pipelines.consensus.keys), or fresh / seeded ones
+        self.committee, signers = keys or make_committee(cfg.validators, key_seed)
+        if self.committee.n != cfg.validators:
+            raise ValueError(f"{cfg.validators} validators need as many keys, got {self.committee.n}")
         pcfg = ProtocolConfig(base_timeout=cfg.base_timeout, max_block=cfg.max_block)
         self.replicas = [Replica(i, self.committee, signers[i], Validator(p, cfg.bands, cfg.epsilon),
                                  self.chain_id, pcfg) for i, p in enumerate(predictors)]
