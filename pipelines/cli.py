@@ -117,10 +117,13 @@ def add_consensus_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--max-block", dest="max_block", type=int, help="verdicts per block (default 256)")
     c.add_argument("--validator-backends", dest="validator_backends",
                    help="onnx|triton for all, or one per validator comma-separated (default onnx)")
+    c.add_argument("--validator-keys", dest="validator_keys",
+                   help="validator key directory from 'aura audit keygen' (default: fresh keys per run)")
 
 
 def _consensus_overrides(a: argparse.Namespace) -> dict:
-    names = ("consensus", "validators", "consensus_epsilon", "risk_bands", "max_block", "validator_backends")
+    names = ("consensus", "validators", "consensus_epsilon", "risk_bands", "max_block", "validator_backends",
+             "validator_keys")
     return {k: getattr(a, k, None) for k in names}
 
 
@@ -466,18 +469,32 @@ def query(a: argparse.Namespace) -> int:
 def audit_verify(a: argparse.Namespace) -> int:
     """Verify every consensus audit log of a run: 0 when all check out."""
     from pipelines.consensus.audit import audit_logs, verify_log
+    from pipelines.consensus.keys import load_committee
 
+    pinned = load_committee(a.committee) if a.committee else None
     logs = audit_logs(a.path)
     if not logs or not os.path.exists(logs[0]):
         print(f"aura audit: error: no audit log at {a.path}", file=sys.stderr)
         return 2
     bad = 0
     for path in logs:
-        r = verify_log(path)
+        r = verify_log(path, pinned)
         bad += not r.ok
         status = "ok" if r.ok else f"FAILED: {r.error}"
         print(f"{path}: {r.blocks} blocks, {r.verdicts} verdicts, {status}")
+    if pinned is None and not bad:
+        print("note: checked against the committee each log names; pin it with --committee")
     return 1 if bad else 0
+
+
+def audit_keygen(a: argparse.Namespace) -> int:
+    """Persistent validator keys and the committee file that pins them."""
+    from pipelines.consensus.keys import COMMITTEE_FILE, write_keys
+
+    committee = write_keys(a.dir, a.validators)
+    print(f"{committee.n} validator keys (f = {committee.f}) in {a.dir}; "
+          f"pin {os.path.join(a.dir, COMMITTEE_FILE)} with 'aura audit verify --committee'")
+    return 0
 
 
 # -- backtest ------------------------------------------------------------------------------
@@ -575,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     au_sub = au.add_subparsers(dest="audit_command", required=True)
     av = au_sub.add_parser("verify", help="check hashes, chain and signatures end to end")
     av.add_argument("path", help="a run's output directory, its audit/ directory, or one log file")
+    av.add_argument("--committee", help="committee.json (or its key directory) the logs must name")
+    ak = au_sub.add_parser("keygen", help="persistent validator keys + committee.json")
+    ak.add_argument("dir", help="new key directory (existing keys are never overwritten)")
+    ak.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
     add_backtest_args(sub.add_parser("backtest", help="score cascade predictions and baselines on "
                                      "held-out labelled telemetry (Beam batch); report.html + metrics.json"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
@@ -610,9 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "backtest":
             return backtest(a)
         if a.command == "audit":
-            return audit_verify(a)
+            return audit_keygen(a) if a.audit_command == "keygen" else audit_verify(a)
         return validate(a)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"aura {a.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,7 @@ class RunConfig:
     risk_bands: str = "0.3,0.7"  # probability cut points of the bands low | elevated | high
     max_block: int = 256  # verdicts per consensus block
     validator_backends: str = "onnx"  # one kind for all validators, or one per validator: onnx,triton,...
+    validator_keys: str | None = None  # directory from `aura audit keygen`; None: fresh keys each run
     graph: bool = True  # write predictions plus topology to the graph (Neo4j / embedded Bolt server)
     graph_uri: str | None = None  # bolt:// or neo4j:// URI; None: NEO4J_URI, else the embedded server
     graph_user: str | None = None  # None: NEO4J_USER (or NEO4J_USERNAME), else "neo4j"
@@ -97,7 +98,12 @@ class RunConfig:
             raise ValueError("consensus_epsilon must be >= 0 and max_block >= 1")
         model_dir = self.model_dir or DEFAULT_MODEL_DIR
         specs = tuple(PredictorSpec(k, model_dir, self.triton_url, self.triton_protocol) for k in kinds)
-        return ConsensusSpec(specs, self.consensus_epsilon, RiskBands(cuts, names), self.max_block)
+        if self.validator_keys is not None:  # a clear error now, not inside the pipeline
+            from pipelines.consensus.keys import load_keys
+
+            load_keys(self.validator_keys, self.validators)
+        return ConsensusSpec(specs, self.consensus_epsilon, RiskBands(cuts, names), self.max_block,
+                             self.validator_keys)
 
     def predictor_spec(self) -> PredictorSpec | None:
         """The predictor when predicting (its model checked to load), else None."""
