@@ -48,6 +48,7 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python bench/bench_consensus.py
 	$(BIN)/python bench/bench_graph_sink.py
 	$(BIN)/python bench/bench_backtest.py
+	$(BIN)/python bench/bench_flink.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

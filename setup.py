@@ -43,6 +43,9 @@ RUNTIME = [
     "cryptography==50.0.2",
     # backtest report (issue 7): plots embedded in report.html
     "matplotlib==3.11.2",
+    # the Flink job (issue 8): PyFlink with its bundled jars (files, json, table); it pins
+    # apache-beam <= 2.61, pandas < 2.3, pyarrow < 21, which the pins above satisfy
+    "apache-flink==2.3.0",
 ]
 
 # training and export only; never imported on the runtime path

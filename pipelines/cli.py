@@ -104,6 +104,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     add_graph_args(p)
     add_consensus_args(p)
+    add_engine_args(p)
 
 
 def add_consensus_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +120,22 @@ def add_consensus_args(p: argparse.ArgumentParser) -> None:
                    help="onnx|triton for all, or one per validator comma-separated (default onnx)")
     c.add_argument("--validator-keys", dest="validator_keys",
                    help="validator key directory from 'aura audit keygen' (default: fresh keys per run)")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    f = p.add_argument_group("engine (beam: DirectRunner; flink: PyFlink job, pipelines/flink)")
+    f.add_argument("--engine", choices=("beam", "flink"))
+    f.add_argument("--parallelism", type=int, help="flink: job parallelism (default 1)")
+    f.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="flink: checkpoint directory (file://)")
+    f.add_argument("--checkpoint-interval", dest="checkpoint_interval_s", type=float,
+                   help="flink: seconds between checkpoints (default 10)")
+    f.add_argument("--state-backend", dest="state_backend", choices=("hashmap", "rocksdb"))
+    f.add_argument("--restore-from", dest="restore_from",
+                   help="flink: a chk-*/savepoint directory, or 'latest' (newest under --checkpoint-dir)")
+
+
+_ENGINE_FLAGS = ("engine", "parallelism", "checkpoint_dir", "checkpoint_interval_s", "state_backend",
+                 "restore_from")
 
 
 def _consensus_overrides(a: argparse.Namespace) -> dict:
@@ -192,12 +209,18 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           features=a.features, ph_backend=a.ph_backend,
                           comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir,
                           predictor=a.predictor, triton_url=a.triton_url, triton_protocol=a.triton_protocol,
-                          **_graph_overrides(a), **_consensus_overrides(a))
+                          **_graph_overrides(a), **_consensus_overrides(a),
+                          **{k: getattr(a, k, None) for k in _ENGINE_FLAGS})
     spec, extractor, predictor = cfg.window_spec(), cfg.extractor(), cfg.predictor_spec()
     consensus = cfg.consensus_spec()
     with _graph_session(cfg) as graph:  # the configured Neo4j, or the embedded server (stopped after)
         bar = None if a.no_progress else _progress(progress_total)
-        if cfg.landing:
+        if cfg.engine == "flink":
+            from pipelines.flink.job import run_config
+
+            summary = run_config(cfg, extractor, predictor, graph, consensus,
+                                 log=lambda m: print(m, file=sys.stderr))
+        elif cfg.landing:
             on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
             source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                       poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,

@@ -57,6 +57,12 @@ class RunConfig:
     graph_refresh_windows: int = 10  # ... but every row is rewritten at least this often (0: never)
     graph_batch_size: int = 5000  # rows per transaction
     graph_top_k: int = 5  # implicated agents per prediction
+    engine: str = "beam"  # beam (DirectRunner) | flink (PyFlink job, pipelines/flink)
+    parallelism: int = 1  # flink: parallelism of the job (tenants spread over subtasks by key group)
+    checkpoint_dir: str | None = None  # flink: file:// (or path) for checkpoints; None: in memory
+    checkpoint_interval_s: float = 10.0  # flink
+    state_backend: str = "hashmap"  # flink: hashmap | rocksdb
+    restore_from: str | None = None  # flink: a chk-*/savepoint dir; "latest": newest in checkpoint_dir
 
     def validate(self) -> RunConfig:
         if (self.input is None) == (self.landing is None):
@@ -71,6 +77,12 @@ class RunConfig:
         self.extractor()  # raises on bad feature parameters
         if self.graph_epsilon < 0 or self.graph_batch_size < 1 or self.graph_top_k < 0:
             raise ValueError("graph_epsilon must be >= 0, graph_batch_size >= 1, graph_top_k >= 0")
+        if self.engine not in ("beam", "flink"):
+            raise ValueError(f"engine must be 'beam' or 'flink', got {self.engine!r}")
+        if self.engine == "flink" and (self.mode != "streaming" or self.parallelism < 1
+                                       or self.state_backend not in ("hashmap", "rocksdb")):
+            raise ValueError("the flink engine runs streaming with parallelism >= 1 and "
+                             "state_backend hashmap or rocksdb")
         if self.predict and not self.features:
             raise ValueError("the prediction stage needs the feature stage "
                              "(drop --no-features or add --no-predict)")

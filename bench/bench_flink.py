@@ -1,0 +1,173 @@
+"""Flink job throughput (events/s) and end-to-end delay on this machine, with Beam's
+streaming job on the same files in the same run for the ratio.
+
+The fleet: ``--agents`` agents over ``--tenants`` tenants, one record per agent per second
+with one call each, ``--windows`` 10 s windows (+ 10 s that close the last) in one NDJSON
+file in event-time order. The Flink job (continuous landing directory, parallelism
+``--parallelism``, checkpoints every 5 s, features + ONNX prediction + BFT consensus, no
+graph sink) is started, then the file lands; events/s = records of the measured windows /
+(last committed prediction - landing). Delay per window, from the ledger: window close
+(the watermark passed its end, the timer fired in Python) -> committed prediction.
+
+    python bench/bench_flink.py [--agents 10000] [--tenants 4] [--windows 4] [--parallelism 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+from pipelines.beam import job as beam_job  # noqa: E402
+from pipelines.config import RunConfig  # noqa: E402
+from pipelines.flink import job as flink_job  # noqa: E402
+from pipelines.flink.window_stage import StageSpec  # noqa: E402
+
+T0 = 1_767_225_600.0
+
+
+def write_file(path: str, agents: int, tenants: int, windows: int, seed: int = 3) -> int:
+    """One NDJSON file, in event-time order, of ``windows`` 10 s windows plus 10 s more (its
+    records close the last measured window); returns the number of records."""
+    rng = random.Random(seed)
+    per = agents // tenants
+    n = 0
+    with open(path, "wb") as fh:
+        for s in range(10 * (windows + 1)):
+            lines = []
+            for k in range(tenants):
+                for a in range(per):
+                    p50 = 5 + (a % 50) + rng.random()
+                    lines.append(orjson.dumps({
+                        "tenant": f"t{k}", "agent_id": f"a{a}", "ts": T0 + s + (a % 4) * 0.25,
+                        "latency_p50_ms": p50, "latency_p99_ms": p50 * 2, "error_rate": 0.01,
+                        "request_count": 100, "cpu": 0.3, "memory": 0.4, "queue_depth": a % 7,
+                        "in_flight": 2, "calls": [{"dst": f"a{(a * 7 + 1) % per}", "count": 10, "errors": 0,
+                                                   "latency_ms": p50 / 2}]}))
+            n += len(lines)
+            fh.write(b"\n".join(lines) + b"\n")
+        fh.write(b"{not json\n")  # a dead letter at the end: the marker that the file was read
+    return n
+
+
+def run_flink(path: str, base: str, cfg: RunConfig, parallelism: int, tenants: int, windows: int) -> dict:
+    """The streaming job on a landing directory; the file lands once the job is running."""
+    landing, out, ckpt = (os.path.join(base, d) for d in ("landing", "flink", "ckpt"))
+    os.makedirs(landing)
+    stage = StageSpec(out, 10_000, 10_000, cfg.extractor(), cfg.predictor_spec(), cfg.consensus_spec())
+    spec = flink_job.FlinkSpec(landing, stage, continuous=True, monitor_interval_s=0.2,
+                               parallelism=parallelism, checkpoint_dir=ckpt, checkpoint_interval_s=5.0,
+                               max_runtime_s=900)
+    result: dict = {}
+
+    def feed() -> None:
+        while flink_job.latest_checkpoint(ckpt) is None:  # running
+            time.sleep(0.2)
+        hidden = os.path.join(landing, ".telemetry.ndjson")
+        shutil.copy(path, hidden)
+        result["landed_at"] = time.time()
+        os.replace(hidden, os.path.join(landing, "telemetry.ndjson"))
+        def done() -> bool:  # the measured windows are out and the whole file was read
+            closed = len(glob.glob(os.path.join(out, "windows", "*", "*.json")))
+            read = glob.glob(os.path.join(out, "deadletter", "*.ndjson"))
+            return closed >= windows * tenants and bool(read)
+
+        while not done():
+            time.sleep(0.1)
+        open(os.path.join(landing, flink_job.STOP_FILE), "w").close()  # drain: the last window closes
+
+    th = threading.Thread(target=feed, daemon=True)
+    th.start()
+    summary = flink_job.run(spec, log=lambda m: print(m, file=sys.stderr))
+    th.join()
+    ledgers = []
+    for p in glob.glob(os.path.join(out, "windows", "*", "*.json")):
+        with open(p, "rb") as fh:
+            ledgers.append(json.loads(fh.read()))
+    measured = [x for x in ledgers if x["window_start"] < T0 * 1000 + 10_000 * windows]
+    n_events = sum(x["n_fresh"] for x in measured)
+    elapsed = max(x["committed_at"] for x in measured) - result["landed_at"]
+    return {"summary": summary.to_dict(), "events": n_events, "elapsed_s": elapsed,
+            "events_per_s": n_events / elapsed, "windows": len(measured),
+            "stage_delay": [x["committed_at"] - x["closed_at"] for x in measured],
+            "commit_offsets": sorted(x["committed_at"] - result["landed_at"] for x in measured)}
+
+
+def split(path: str, lines_per_file: int, base: str) -> list[str]:
+    """The same records as files of 10 s each for Beam (its source sends a file as one event)."""
+    out, chunk = [], []
+    os.makedirs(os.path.join(base, "beam_in"))
+
+    def flush() -> None:
+        out.append(os.path.join(base, "beam_in", f"part-{len(out):04d}.ndjson"))
+        with open(out[-1], "wb") as fh:
+            fh.writelines(chunk)
+        chunk.clear()
+
+    with open(path, "rb") as fh:
+        for line in fh:
+            chunk.append(line)
+            if len(chunk) == lines_per_file:
+                flush()
+    if chunk:
+        flush()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", type=int, default=10_000)
+    ap.add_argument("--tenants", type=int, default=4)
+    ap.add_argument("--windows", type=int, default=4, help="measured 10 s windows per tenant")
+    ap.add_argument("--parallelism", type=int, default=2)
+    ap.add_argument("--no-beam", action="store_true")
+    a = ap.parse_args()
+    base = tempfile.mkdtemp(prefix="bench_flink_")
+    try:
+        os.makedirs(os.path.join(base, "src"))
+        path = os.path.join(base, "src", "telemetry.ndjson")
+        n = write_file(path, a.agents, a.tenants, a.windows)
+        cfg = RunConfig(input=base, graph=False)
+        print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {a.agents} agents, "
+              f"{a.tenants} tenants, {a.windows} + 1 windows, {n} records ({os.path.getsize(path) >> 20} MB)")
+        f = run_flink(path, base, cfg, a.parallelism, a.tenants, a.windows)
+        p = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")  # noqa: E731
+        print(f"flink (parallelism {a.parallelism}): {f['events']} events of the measured windows in "
+              f"{f['elapsed_s']:.1f} s = {f['events_per_s']:,.0f} events/s; reconciles "
+              f"{f['summary']['reconciles']}")
+        print(f"  delay window close (watermark past its end, timer fired) -> committed prediction over "
+              f"{f['windows']} windows: p50 {p(f['stage_delay'], 50):.2f} s, "
+              f"p99 {p(f['stage_delay'], 99):.2f} s")
+        print("  committed, seconds after the file landed: "
+              + ", ".join(f"{x:.1f}" for x in f["commit_offsets"]))
+        if not a.no_beam:
+            cfg_b = RunConfig(input=base, graph=False)
+            t = time.perf_counter()
+            beam_files = split(path, 10 * a.agents, base)
+            s = beam_job.run_files_streaming(beam_files, cfg_b.window_spec(), os.path.join(base, "beam"),
+                                             cfg_b.max_out_of_orderness_s, cfg_b.guard(), cfg_b.extractor(),
+                                             cfg_b.predictor_spec(), None, cfg_b.consensus_spec())
+            el = time.perf_counter() - t
+            print(f"beam streaming (DirectRunner): {s.read} records in {el:.1f} s = "
+                  f"{s.read / el:,.0f} events/s; reconciles {s.reconciles}")
+            print(f"flink / beam: {f['events_per_s'] / (s.read / el):.1f}x")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The AURA job on Apache Flink (PyFlink 2.3, local MiniCluster or a cluster).
+
+Flink SQL (``pipelines.flink.sql``) reads the landing directory (FileSource; continuously
+with ``monitor_interval_s``), parses and validates JSON on the JVM, assigns event-time
+windows with a bounded-out-of-orderness watermark and aggregates per (tenant, agent,
+window) and per (tenant, caller, callee, window). Python gets those rows keyed by tenant
+(``TenantWindows``: buffer and sequence state in Flink keyed state, checkpointed) and does
+snapshot, features, prediction, consensus and the graph sink. Rows the SQL does not
+window become dead letters through an exactly-once FileSink.
+
+Parallelism: the Python stage (the heavy part) runs at ``parallelism``, keyed by tenant.
+Reading a landing directory, the SQL part runs at parallelism 1: several readers would
+each keep their own watermark and take files in an order the enumerator chooses, so an
+older file read after a newer one would be late. (A Kafka source keeps order per partition
+and can read in parallel.) A bounded input is one event-time batch and reads in parallel.
+
+Outputs match the Beam job's layout (``snapshots/``, ``features/``, ``predictions/``,
+``deadletter/``) plus a ledger per window (``windows/``) from which ``summarize`` rebuilds
+the run's counts; all are keyed by (tenant, window), so recovery overwrites, never doubles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pickle
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from pipelines.beam.job import RunSummary
+from pipelines.flink import sql
+from pipelines.flink.window_stage import LEDGER, StageSpec
+from pipelines.stream_source import INPUT_SUFFIXES
+
+DEAD_DIR = "deadletter"
+STOP_FILE = "_STOP"
+
+
+@dataclass(frozen=True)
+class FlinkSpec:
+    """How to run: source, windows, parallelism, checkpoints (times in seconds)."""
+
+    source: str  # a directory (or one file) of NDJSON telemetry
+    stage: StageSpec
+    size_s: float = 10.0
+    slide_s: float | None = None
+    out_of_orderness_s: float = 5.0
+    continuous: bool = False  # watch the directory for new files (else read what is there and end)
+    monitor_interval_s: float = 1.0
+    parallelism: int = 1
+    checkpoint_dir: str | None = None  # file:// (or a path); None: checkpoints kept in memory
+    checkpoint_interval_s: float = 10.0
+    state_backend: str = "hashmap"  # hashmap | rocksdb
+    restore_from: str | None = None  # a chk-* (or savepoint) directory
+    max_runtime_s: float | None = None  # continuous: cancel after this long
+    idle_timeout_s: float | None = None  # continuous: cancel after this long without a new window
+
+    def sql_spec(self) -> sql.SqlSpec:
+        return sql.SqlSpec(os.path.abspath(self.source), self.size_s, self.slide_s or self.size_s,
+                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None)
+
+
+def _uri(path: str) -> str:
+    return path if "://" in path else "file://" + os.path.abspath(path)
+
+
+def environment(spec: FlinkSpec):
+    """A StreamExecutionEnvironment configured for the run (and its table environment)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    conf = Configuration()
+    settings = {
+        "python.executable": sys.executable,  # else workers lack pyflink (DESIGN.md)
+        "python.client.executable": sys.executable,
+        "parallelism.default": str(spec.parallelism),
+        "pipeline.max-parallelism": "128",
+        "execution.checkpointing.interval": f"{int(spec.checkpoint_interval_s * 1000)} ms",
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        "state.backend.type": spec.state_backend,
+        "restart-strategy.type": "none",
+        "python.fn-execution.bundle.time": "200",
+    }
+    if spec.checkpoint_dir:
+        settings["execution.checkpointing.dir"] = _uri(spec.checkpoint_dir)
+    if spec.restore_from:
+        settings["execution.savepoint.path"] = _uri(spec.restore_from)
+    for k, v in settings.items():
+        conf.set_string(k, v)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_python_executable(sys.executable)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    if spec.continuous:  # one reader: files in arrival order, one watermark (module doc)
+        t_env.get_config().set("table.exec.resource.default-parallelism", "1")
+    return env, t_env
+
+
+def build(spec: FlinkSpec):
+    """Wire the job; returns the environment to execute."""
+    from pyflink.common import Encoder, Types
+    from pyflink.datastream.connectors.file_system import (
+        BucketAssigner,
+        FileSink,
+        OutputFileConfig,
+        RollingPolicy,
+    )
+    from pyflink.table import Schema
+
+    from pipelines.flink.functions import TenantWindows, dead_text, element, is_dead, is_window
+
+    env, t_env = environment(spec)
+    s = spec.sql_spec()
+    t_env.execute_sql(sql.source_ddl(s))
+    # parse once: through a DataStream (JVM only) and back, else the planner inlines the JSON
+    # functions into each branch below and evaluates them once per branch
+    parsed = t_env.to_data_stream(t_env.sql_query(sql.parsed_query(s)))
+    t_env.create_temporary_view("parsed", t_env.from_data_stream(parsed, Schema.new_builder()
+                                .column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
+                                .watermark("rowtime", "SOURCE_WATERMARK()").build()))
+    for stmt in (sql.valid_view(), sql.calls_view()):
+        t_env.execute_sql(stmt)
+    table = t_env.sql_query(sql.combined_query(s))
+    rows = t_env.to_data_stream(table).map(element, Types.PICKLED_BYTE_ARRAY())
+    windows = (rows.filter(is_window)
+               .key_by(lambda v: v[1], key_type=Types.STRING())
+               .process(TenantWindows(spec.stage), Types.STRING()).name("TenantWindows"))
+    windows.filter(lambda _: False).print()  # outputs are files; this only terminates the graph
+    dead = rows.filter(is_dead).map(dead_text, Types.STRING())
+    dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
+    sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
+            .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
+            .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part")
+                                     .with_part_suffix(".ndjson").build())
+            .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
+    dead.sink_to(sink).name("DeadLetters")
+    return env
+
+
+def latest_checkpoint(checkpoint_dir: str) -> str | None:
+    """The newest completed ``chk-N`` directory (with ``_metadata``) under a checkpoint dir."""
+    found = []
+    for meta in glob.glob(os.path.join(checkpoint_dir.removeprefix("file://"), "*", "chk-*", "_metadata")):
+        d = os.path.dirname(meta)
+        found.append((os.path.getmtime(meta), int(d.rsplit("-", 1)[1]), d))
+    return max(found)[2] if found else None
+
+
+def input_files(source: str) -> list[str]:
+    """The telemetry files the job reads (hidden and ``_`` files are skipped, as Flink does)."""
+    if os.path.isfile(source):
+        return [source]
+    return sorted(p for p in glob.glob(os.path.join(source, "*"))
+                  if os.path.isfile(p) and not os.path.basename(p).startswith((".", "_")))
+
+
+def _ledgers(out_dir: str) -> list[dict]:
+    out = []
+    for p in glob.glob(os.path.join(out_dir, LEDGER, "*", "*.json")):
+        with open(p, "rb") as fh:
+            out.append(json.loads(fh.read()))
+    return out
+
+
+def summarize(out_dir: str, files: list[str], elapsed_s: float = 0.0) -> RunSummary:
+    """The run's counts from its outputs: read (non-blank input lines), windowed (each
+    record once, in its earliest window), dead letters by reason, windows, predictions."""
+    read = 0
+    for p in files:
+        with open(p, "rb") as fh:
+            read += sum(1 for x in fh if x.strip())
+    dead: Counter = Counter()
+    for p in glob.glob(os.path.join(out_dir, DEAD_DIR, "*.ndjson")):
+        with open(p, "rb") as fh:
+            dead.update(json.loads(x)["reason"] for x in fh if x.strip())
+    led = _ledgers(out_dir)
+    s = RunSummary("flink", out_dir, read=read, files=len(files), dead=dead, elapsed_s=elapsed_s)
+    s.windowed = sum(x["n_fresh"] for x in led)
+    s.windows = s.panes = len(led)
+    s.feature_rows = sum(x["feature_row"] for x in led)
+    s.predictions = sum(x["prediction"] for x in led)
+    s.window_dead = Counter(x["window_dead"] for x in led if x["window_dead"])
+    if any(x["committed"] or x["disputed"] for x in led):
+        s.consensus = Counter(committed=sum(x["committed"] for x in led),
+                              disputed=sum(x["disputed"] for x in led))
+    for x in led:
+        for kind, ok in x["graph"].items():
+            s.graph[f"{'written' if ok else 'spilled'}.{kind}"] += 1
+    return s
+
+
+def run(spec: FlinkSpec, log=print) -> RunSummary:
+    """Run the job to its end (bounded input) or until max runtime / idle timeout (continuous)."""
+    t0 = time.perf_counter()
+    os.makedirs(spec.stage.out_dir, exist_ok=True)
+    env = build(spec)
+    if not spec.continuous:
+        env.execute("aura-flink")
+    else:
+        client = env.execute_async("aura-flink")
+        _wait(client, spec, log)
+    files = [p for p in input_files(spec.source) if p.endswith(INPUT_SUFFIXES)]
+    summary = summarize(spec.stage.out_dir, files, time.perf_counter() - t0)
+    with open(os.path.join(spec.stage.out_dir, "summary.json"), "w") as fh:
+        json.dump({**summary.to_dict(), "engine": "flink"}, fh, indent=2)
+    return summary
+
+
+def _wait(client, spec: FlinkSpec, log) -> None:
+    """Continuous mode: once ``_STOP`` appears in the landing directory, no window closed for
+    the idle timeout, or the max runtime passed, stop with a draining savepoint (the watermark
+    goes to the end of time, so every open window fires, as when Beam's source ends)."""
+    start = last = time.monotonic()
+    seen = 0
+    while True:
+        time.sleep(0.5)
+        status = str(client.get_job_status().result())
+        if status in ("FINISHED", "FAILED", "CANCELED"):
+            if status == "FAILED":
+                client.get_job_execution_result().result()  # raises the job's error
+            return
+        n = len(glob.glob(os.path.join(spec.stage.out_dir, LEDGER, "*", "*.json")))
+        now = time.monotonic()
+        if n != seen:
+            seen, last = n, now
+        if (os.path.exists(os.path.join(spec.source, STOP_FILE))
+                or (spec.max_runtime_s is not None and now - start >= spec.max_runtime_s)
+                or (spec.idle_timeout_s is not None and now - last >= spec.idle_timeout_s)):
+            target = _uri(os.path.join(spec.checkpoint_dir or spec.stage.out_dir, "savepoints"))
+            path = _drain(client, target)
+            log(f"flink: drained and stopped after {now - start:.0f} s ({seen} windows); savepoint {path}")
+            return
+
+
+def _drain(client, target: str) -> str:
+    """Stop with a savepoint, advancing to the end of event time (PyFlink 2.3's wrapper
+    still calls the 1.x signature, so the Java client is called directly)."""
+    from pyflink.java_gateway import get_gateway
+
+    fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return str(client._j_job_client.stopWithSavepoint(True, target, fmt).get())
+
+
+def run_config(cfg, extractor=None, predictor=None, graph=None, consensus=None, log=print) -> RunSummary:
+    """``aura run --engine flink``: a RunConfig (and the stages the CLI built) -> run."""
+    source = cfg.landing or cfg.input
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"the flink engine reads a directory or one file; {source!r} does not exist")
+    restore = cfg.restore_from
+    if restore == "latest":
+        restore = latest_checkpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        log(f"flink: restoring from {restore}" if restore
+            else "flink: no checkpoint to restore, starting fresh")
+    slide = cfg.window_slide_s or cfg.window_size_s
+    stage = StageSpec(cfg.out, int(round(cfg.window_size_s * 1000)), int(round(slide * 1000)), extractor,
+                      predictor, consensus, graph)
+    spec = FlinkSpec(source, stage, cfg.window_size_s, cfg.window_slide_s, cfg.max_out_of_orderness_s,
+                     continuous=cfg.landing is not None, monitor_interval_s=max(cfg.poll_interval_s, 0.1),
+                     parallelism=cfg.parallelism, checkpoint_dir=cfg.checkpoint_dir,
+                     checkpoint_interval_s=cfg.checkpoint_interval_s, state_backend=cfg.state_backend,
+                     restore_from=restore, max_runtime_s=cfg.max_runtime_s, idle_timeout_s=cfg.idle_timeout_s)
+    return run(spec, log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.flink.job SPEC.pkl``: run a pickled FlinkSpec (tests, benches)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("spec", help="a pickled FlinkSpec")
+    p.add_argument("--restore", help="a chk-* directory to restore from")
+    a = p.parse_args(argv)
+    with open(a.spec, "rb") as fh:
+        spec: FlinkSpec = pickle.load(fh)
+    if a.restore:
+        from dataclasses import replace
+
+        spec = replace(spec, restore_from=a.restore)
+    s = run(spec)
+    print(json.dumps(s.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""What happens to one closed (tenant, window) in Python: snapshot, features, prediction,
+consensus, graph and output files. No Flink imports: the keyed function (``functions``)
+passes in the tenant's state and gets it back updated.
+
+Every output is keyed by (tenant, window, pane), so a replay after recovery overwrites
+rather than duplicates: Parquet per window like the Beam job, a ledger JSON per window
+(counts for the reconciliation and timings), window-level dead letters as JSON per window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from pipelines.beam.consensus import ConsensusSpec
+from pipelines.beam.predict import PREDICTION_ROW
+from pipelines.beam.transforms import write_pane
+from pipelines.flink.assemble import AgentRow, EdgeRow, fresh_count, to_snapshot
+from pipelines.graph.sink import GraphSink, GraphSpec
+from pipelines.inference import PredictorSpec, history_step
+from pipelines.topology.features import FeatureExtractor
+from pipelines.topology.rows import feature_table, non_finite
+from pipelines.topology.sequence import ms, next_row
+from pipelines.windowing import snapshots_to_table
+from schemas import FEATURES_SCHEMA_VERSION
+
+LEDGER, WINDOW_DEAD = "windows", "window_deadletter"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything a worker builds its stage from (picklable)."""
+
+    out_dir: str
+    size_ms: int
+    slide_ms: int
+    extractor: FeatureExtractor | None = None
+    predictor: PredictorSpec | None = None
+    consensus: ConsensusSpec | None = None
+    graph: GraphSpec | None = None
+
+
+@dataclass
+class TenantState:
+    """The tenant's keyed state: recent window features and the prediction history."""
+
+    recent: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+
+
+def _atomic_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(obj))
+    os.replace(tmp, path)
+
+
+class WindowStage:
+    """Built once per worker (``open``); ``process`` handles one closed window."""
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.predictor = self.validators = self.sink = None
+        if spec.predictor is not None:
+            self.predictor = spec.predictor.build()
+            self.predictor.load_model()
+        if spec.consensus is not None:
+            self.validators = _validators(spec.consensus, spec.out_dir)
+        if spec.graph is not None:
+            self.sink = GraphSink(replace(spec.graph, state_key=f"flink-{os.getpid()}-{id(self)}")).open()
+
+    def close(self) -> None:
+        if self.validators is not None:
+            self.validators.close()
+        if self.sink is not None:
+            self.sink.close()
+
+    def _dead(self, reason: str, detail: str, tenant: str, start_ms: int) -> None:
+        path = os.path.join(self.spec.out_dir, WINDOW_DEAD, f"tenant={tenant}", f"window={start_ms}.json")
+        _atomic_json(path,
+                     {"reason": reason, "detail": detail, "source": f"window {tenant}", "position": start_ms,
+                      "raw": json.dumps({"tenant": tenant, "window_start": start_ms / 1000})})
+
+    def process(self, tenant: str, start_ms: int, end_ms: int, agents: list[AgentRow], edges: list[EdgeRow],
+                state: TenantState) -> dict:
+        """Everything for one window; returns its ledger entry (also written to disk)."""
+        closed_at = time.time()
+        out = self.spec.out_dir
+        snap = to_snapshot(tenant, start_ms, end_ms, agents, edges)
+        fresh = fresh_count([t for a in agents for t in a.event_time], start_ms, self.spec.size_ms,
+                            self.spec.slide_ms)
+        write_pane(out, "snapshots", tenant, start_ms, 0, snapshots_to_table([snap]))
+        ledger = {"tenant": tenant, "window_start": start_ms, "window_end": end_ms,
+                  "n_records": snap.n_records,
+                  "n_fresh": fresh, "n_duplicates": snap.n_duplicates, "feature_row": False,
+                  "prediction": False, "committed": False, "disputed": False, "window_dead": None,
+                  "graph": {}, "closed_at": closed_at}
+        if self.sink is not None:
+            ledger["graph"]["snapshot"] = self.sink.write_snapshot(snap)
+        if self.spec.extractor is not None:
+            self._features(snap, state, ledger)
+        ledger["committed_at"] = time.time()
+        _atomic_json(os.path.join(out, LEDGER, f"tenant={tenant}", f"window={start_ms}.json"), ledger)
+        return ledger
+
+    def _features(self, snap, state: TenantState, ledger: dict) -> None:
+        ex, tenant, start_ms = self.spec.extractor, snap.tenant, ms(snap.window_start)
+        try:
+            wf = ex.window(snap)
+        except Exception as err:  # noqa: BLE001 - one window's failure is a dead letter, not a crash
+            ledger["window_dead"] = "feature_error"
+            self._dead("feature_error", f"{type(err).__name__}: {err}", tenant, start_ms)
+            return
+        vec, state.recent = next_row(ex, state.recent, wf, self.spec.slide_ms / 1000)
+        bad = non_finite(vec)
+        if bad:
+            ledger["window_dead"] = "non_finite_features"
+            self._dead("non_finite_features", f"not finite: {', '.join(bad[:10])}", tenant, start_ms)
+            return
+        ledger["feature_row"] = True
+        write_pane(self.spec.out_dir, "features", tenant, start_ms, 0, feature_table([(wf, vec)]))
+        if self.sink is not None:
+            ledger["graph"]["topology"] = self.sink.write_topology(wf, vec)
+        if self.predictor is not None:
+            self._predict(wf, vec, state, ledger)
+
+    def _predict(self, wf, vec: np.ndarray, state: TenantState, ledger: dict) -> None:
+        info = self.predictor.info
+        x, dt, state.history = history_step(state.history, ms(wf.window_start), wf.window_end, vec,
+                                            info.seq_len)
+        p = float(self.predictor.run_inference(x[None], dt[None])[0])
+        ledger["prediction"] = True
+        row = {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
+               "pane_index": 0, "probability": p, "horizon_s": info.horizon_s,
+               "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
+               "predictor": self.predictor.describe(), "certificate": None}
+        if self.validators is not None:
+            committed, disputed = self.validators.process([_request(row, x, dt, self.spec.consensus)])
+            if disputed:
+                d = disputed[0]
+                ledger["disputed"] = True
+                ledger["window_dead"] = f"consensus_{d.reason}"
+                self._dead(f"consensus_{d.reason}", f"{len(d.objections)} validators objected", wf.tenant,
+                           row["window_start"])
+                return
+            ledger["committed"] = True
+            row["certificate"] = committed[0].certificate
+        table_row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)
+                     if row["certificate"] else None}
+        write_pane(self.spec.out_dir, "predictions", wf.tenant, row["window_start"], 0,
+                   pa.Table.from_pylist([table_row], schema=PREDICTION_ROW))
+        ledger["probability"] = p
+        if self.sink is not None:
+            ledger["graph"]["prediction"] = self.sink.write_prediction(row)
+
+
+def _validators(spec: ConsensusSpec, out_dir: str):
+    import uuid
+
+    from pipelines.consensus.audit import AUDIT_DIR
+    from pipelines.consensus.stage import ConsensusStage
+
+    predictors = []
+    for s in spec.backends:
+        p = s.build()
+        p.load_model()
+        predictors.append(p)
+    chain = uuid.uuid4().hex
+    return ConsensusStage(predictors, spec.config(), audit_path=os.path.join(out_dir, AUDIT_DIR,
+                                                                             f"chain-{chain}.ndjson"),
+                          chain_id=chain)
+
+
+def _request(row: dict, x: np.ndarray, dt: np.ndarray, spec: ConsensusSpec):
+    from pipelines.consensus.crypto import digest_arrays
+    from pipelines.consensus.messages import Request, Verdict
+
+    p = row["probability"]
+    v = Verdict(row["tenant"], row["window_start"], row["window_end"], 0, p, spec.bands.band(p),
+                digest_arrays(x, dt))
+    return Request(v, x, dt)
+
+
+def agent_row(agent: str, event_time, values: list, calls) -> AgentRow:
+    return AgentRow(agent, tuple(event_time), tuple(tuple(v) for v in values), tuple(calls))
+
+
+def edge_row(src: str, dst: str, count: int, errors: int, lat_w: float, lat_sum: float, n: int) -> EdgeRow:
+    return EdgeRow(src, dst, int(count), int(errors), float(lat_w), float(lat_sum), int(n))
