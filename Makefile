@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean serve triton-venv
+.PHONY: demo test test-slow bench lint clean serve triton-venv flink-udf
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,18 @@ $(TRITON_STAMP): triton_repo/server-requirements.txt
 
 triton-venv: $(TRITON_STAMP)
 
+# The Flink job's Java table function, compiled from pipelines/flink/java (needs javac 11+)
+# into a cache keyed by source hash; the job also builds it at first use.
+flink-udf: $(STAMP)
+	$(BIN)/python -m pipelines.flink.udf
+
 serve: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/aura serve
 
 demo: $(STAMP)
 	$(BIN)/aura demo
 
-test: $(STAMP) $(TRITON_STAMP)
+test: $(STAMP) $(TRITON_STAMP) flink-udf
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

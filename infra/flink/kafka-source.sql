@@ -1,15 +1,13 @@
 -- The Kafka source of the Flink job in production (UNTESTED here: no Kafka broker, and the
 -- connector jar is not bundled with PyFlink and Maven is unreachable on the dev machine).
 -- Replace the `landing` table of pipelines/flink/sql.py with this DDL; everything downstream
--- (parsed view, windows, Python stage) is unchanged. Needs flink-sql-connector-kafka (see
--- README.md) in /opt/flink/lib or via `pipeline.jars`.
+-- (parse, watermark on the parsed stream, windows, Python stage) is unchanged. Needs
+-- flink-sql-connector-kafka (see README.md) in /opt/flink/lib or via `pipeline.jars`.
 CREATE TEMPORARY TABLE landing (
-  line STRING,
+  line BYTES,                                        -- the record's bytes, parsed by PARSE_TELEMETRY
   path AS 'kafka',                                   -- dead letters name the source
   `partition` INT METADATA VIRTUAL,
-  `offset` BIGINT METADATA VIRTUAL,
-  rowtime AS TO_TIMESTAMP_LTZ(CAST(FLOOR(TRY_CAST(JSON_VALUE(line, '$.ts') AS DOUBLE) * 1000) AS BIGINT), 3),
-  WATERMARK FOR rowtime AS rowtime - INTERVAL '5' SECOND
+  `offset` BIGINT METADATA VIRTUAL
 ) WITH (
   'connector' = 'kafka',
   'topic' = 'aura.telemetry',
@@ -17,8 +15,9 @@ CREATE TEMPORARY TABLE landing (
   'properties.group.id' = 'aura-flink',
   'scan.startup.mode' = 'group-offsets',
   'properties.auto.offset.reset' = 'earliest',
-  'format' = 'raw',
-  'scan.watermark.idle-timeout' = '30 s'            -- partitions without traffic do not stall windows
+  'format' = 'raw'
 );
+-- The watermark is declared after the parse (pipelines/flink/job.py::build); set
+-- 'table.exec.source.idle-timeout' so that partitions without traffic do not stall windows.
 -- Key the topic by tenant so that one tenant's records stay in order in one partition; the
 -- source then reads partitions in parallel (unlike the landing directory, read by one reader).

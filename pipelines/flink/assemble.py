@@ -1,16 +1,20 @@
-"""One (tenant, window) from Flink SQL's per-agent and per-edge window aggregates.
+"""One (tenant, window) from the packed records of Flink SQL's window aggregate.
 
-Pure numpy, no Flink imports. The result equals ``build_snapshot`` over the window's
-records: samples sorted by (agent, time), a repeated (agent, time) kept once (the smallest
-by metric values), calls summed per edge. Without duplicates the edges are the SQL
-aggregates; with duplicates they are rebuilt from the calls of the samples kept, since a
-dropped duplicate's calls must not count.
+Pure numpy and orjson, no Flink imports. A packed record (``TelemetryParser.pack`` on the
+JVM) is the event time and the 8 metrics as little-endian doubles, then UTF-8 JSON
+``[agent_id, calls]`` with the calls exactly as written in the input line. The result equals
+``build_snapshot`` over the window's records: samples sorted by (agent, time), a repeated
+(agent, time) kept once (the smallest by content, as ``build_snapshot`` breaks ties), calls
+of the samples kept summed per edge.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import gc
+import struct
+from collections.abc import Sequence
+from contextlib import contextmanager
+from itertools import chain
 
 import numpy as np
 import orjson
@@ -18,83 +22,89 @@ import orjson
 from pipelines.windowing import WindowSnapshot, snapshot_from_arrays
 from schemas.arrow import METRICS
 
-
-@dataclass(frozen=True)
-class AgentRow:
-    """One agent's samples in one window (arrays in any order)."""
-
-    agent: str
-    event_time: tuple[float, ...]
-    values: tuple[tuple[float, ...], ...]  # one tuple per metric (METRICS order), per sample
-    calls: tuple[str, ...]  # each sample's calls as canonical JSON
+HEAD = 8 * (1 + len(METRICS))  # bytes of doubles before the JSON part
 
 
-@dataclass(frozen=True)
-class EdgeRow:
-    """One (caller, callee) edge in one window: sums over the calls."""
-
-    src: str
-    dst: str
-    count: int
-    errors: int
-    latency_w: float  # sum of count * latency
-    latency_sum: float
-    n: int  # calls entries
+def pack(record: dict) -> bytes:
+    """A parsed record (``parse_line``) packed as the JVM parser packs it (tests, tools); the
+    JVM copies the calls as written, this writes them with orjson."""
+    head = struct.pack(f"<{1 + len(METRICS)}d", record["event_time"], *(float(record[m]) for m in METRICS))
+    return head + b"[" + orjson.dumps(record["agent_id"]) + b"," + orjson.dumps(record["calls"]) + b"]"
 
 
-def _unique_samples(row: AgentRow) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(event times, values (K, M), kept sample indices), sorted by time, duplicates removed."""
-    et = np.asarray(row.event_time, dtype=np.float64)
-    vals = np.asarray(row.values, dtype=np.float64).T.reshape(len(et), len(METRICS))
-    order = np.argsort(et, kind="stable")
-    if len(np.unique(et)) == len(et):
-        return et[order], vals[order], order.tolist()
-    kept: list[int] = []
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and et[order[j + 1]] == et[order[i]]:
-            j += 1
-        group = order[i:j + 1].tolist()
-        kept.append(min(group, key=lambda k: (tuple(vals[k]), row.calls[k])))
-        i = j + 1
-    return et[kept], vals[kept], kept
+def unpack(recs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, list]:
+    """(event times (K,), metric values (K, M), [agent_id, calls] per record)."""
+    nums = np.frombuffer(b"".join([r[:HEAD] for r in recs]), dtype="<f8").reshape(-1, 1 + len(METRICS))
+    meta = orjson.loads(b"[" + b",".join([r[HEAD:] for r in recs]) + b"]")
+    return nums[:, 0].astype(np.float64), nums[:, 1:].astype(np.float64), meta
 
 
-def fresh_count(event_times: list[float], window_start_ms: int, size_ms: int, slide_ms: int) -> int:
+def fresh_count(event_times: np.ndarray, window_start_ms: int, size_ms: int, slide_ms: int) -> int:
     """Records whose earliest window is this one (each record counts once over all windows)."""
     first = window_start_ms + size_ms - slide_ms
-    return sum(1 for t in event_times if math.floor(t * 1000) >= first)
+    return int(np.count_nonzero(np.floor(np.asarray(event_times, np.float64) * 1000) >= first))
 
 
-def to_snapshot(tenant: str, window_start_ms: int, window_end_ms: int, agents: list[AgentRow],
-                edges: list[EdgeRow]) -> WindowSnapshot:
-    """The WindowSnapshot of one (tenant, window)."""
-    agents = sorted(agents, key=lambda a: a.agent)
-    per_agent = [_unique_samples(a) for a in agents]
-    n_records = sum(len(a.event_time) for a in agents)
-    n_unique = sum(len(et) for et, _, _ in per_agent)
-    dup = n_unique < n_records
-    if dup:  # rebuild the edges from the samples kept
-        raw = [(a.agent, c) for a, (_, _, kept) in zip(agents, per_agent)
-               for k in kept for c in orjson.loads(a.calls[k])]
-        dsts = {c["dst"] for _, c in raw}
-    else:
-        dsts = {e.dst for e in edges}
-    names = sorted({a.agent for a in agents} | dsts)
+def _kept(agent_idx: np.ndarray, et: np.ndarray, values: np.ndarray, meta: list) -> np.ndarray:
+    """Indices of the samples kept, sorted by (agent, time); of a repeated (agent, time) the
+    one ``build_snapshot`` keeps: the smallest by (metric values, repr(calls))."""
+    order = np.lexsort((et, agent_idx))
+    a, t = agent_idx[order], et[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (a[1:] != a[:-1]) | (t[1:] != t[:-1])
+    if new.all():
+        return order
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(order))
+    kept = []
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        group = order[s:e].tolist()
+        kept.append(group[0] if e - s == 1 else
+                    min(group, key=lambda k: (tuple(values[k].tolist()), repr(meta[k][1]))))
+    return np.asarray(kept, dtype=np.int64)
+
+
+@contextmanager
+def _no_gc():
+    """Pause the cyclic GC: decoding a window allocates ~3 containers per record, which
+    triggers collections that scan every live object (about half the decode time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int,
+                    recs: Sequence[bytes]) -> tuple[WindowSnapshot, np.ndarray]:
+    """The WindowSnapshot of one (tenant, window) and the event times of all its records."""
+    with _no_gc():
+        return _window_snapshot(tenant, window_start_ms, window_end_ms, recs)
+
+
+def _window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int,
+                     recs: Sequence[bytes]) -> tuple[WindowSnapshot, np.ndarray]:
+    et, values, meta = unpack(recs)
+    agents = sorted({m[0] for m in meta})
+    first = {a: i for i, a in enumerate(agents)}
+    agent_idx = np.fromiter((first[m[0]] for m in meta), np.int64, len(meta))
+    kept = _kept(agent_idx, et, values, meta)
+    kept_list = kept.tolist()
+    calls = list(chain.from_iterable(meta[k][1] for k in kept_list))  # in sample order
+    dsts = [c["dst"] for c in calls]
+    names = sorted(set(agents).union(dsts))
     index = {a: i for i, a in enumerate(names)}
+    sample_agent = np.fromiter((index[a] for a in agents), np.int32, len(agents))[agent_idx[kept]]
+    n_calls = np.fromiter((len(meta[k][1]) for k in kept_list), np.int64, len(kept_list))
+    table = np.empty((len(calls), 5))
+    table[:, 0] = np.repeat(sample_agent, n_calls)
+    table[:, 1] = np.fromiter((index[d] for d in dsts), np.int64, len(dsts))
+    for col, key in ((2, "count"), (3, "errors"), (4, "latency_ms")):
+        table[:, col] = np.fromiter((c[key] for c in calls), np.float64, len(calls))
     start = window_start_ms / 1000
-    sample_agent = np.concatenate([np.full(len(et), index[a.agent], np.int32)
-                                   for a, (et, _, _) in zip(agents, per_agent)] or [np.zeros(0, np.int32)])
-    offsets = np.concatenate([et - start for et, _, _ in per_agent] or [np.zeros(0)])
-    values = np.concatenate([v for _, v, _ in per_agent] or [np.zeros((0, len(METRICS)))])
-    if dup:
-        calls = np.array([(index[s], index[c["dst"]], c["count"], c["errors"], c["latency_ms"])
-                          for s, c in raw], dtype=np.float64).reshape(-1, 5)
-    else:
-        calls = np.array([(index[e.src], index[e.dst], e.count, e.errors,
-                           e.latency_w / e.count if e.count > 0 else e.latency_sum / e.n)
-                          for e in sorted(edges, key=lambda e: (index[e.src], index[e.dst]))],
-                         dtype=np.float64).reshape(-1, 5)
-    return snapshot_from_arrays(tenant, start, window_end_ms / 1000, names, sample_agent, offsets,
-                                values, calls, n_records, n_records - n_unique)
+    snap = snapshot_from_arrays(tenant, start, window_end_ms / 1000, names, sample_agent, et[kept] - start,
+                                values[kept], table, len(recs), len(recs) - len(kept))
+    return snap, et
+

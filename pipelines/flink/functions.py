@@ -11,8 +11,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from pipelines.flink.sql import METRIC_COLS
-from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage, agent_row, edge_row
+from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
 from pipelines.telemetry import LATE, DeadLetter, parse_line
 
 UNSUPPORTED = "unsupported_by_flink_sql"
@@ -25,41 +24,21 @@ def _ms(ts: datetime) -> int:
 
 
 def element(row) -> tuple:
-    """A row of the combined query -> (kind, tenant, start ms, end ms, AgentRow | EdgeRow) for
-    ``a`` / ``e`` rows, ("d", dead letter JSON) for the rest."""
-    kind = row["kind"]
-    if kind == "d":
-        return "d", dead_letter_json(row)
-    if kind == "a":
-        item = agent_row(row["agent"], row["et"], [row[m] for m in METRIC_COLS], row["calls"])
-    else:
-        item = edge_row(row["agent"], row["dst"], row["cnt"], row["err"], row["lat_w"], row["lat_sum"],
-                        row["n"])
-    return kind, row["tenant"], _ms(row["window_start"]), _ms(row["window_end"]), item
-
-
-def is_dead(element: tuple) -> bool:
-    return element[0] == "d"
-
-
-def is_window(element: tuple) -> bool:
-    return element[0] != "d"
-
-
-def dead_text(element: tuple) -> str:
-    return element[1]
+    """A window-chunk row of the combined query -> (tenant, start ms, end ms, packed records)
+    with ``"w"`` in front."""
+    return "w", row["tenant"], _ms(row["window_start"]), _ms(row["window_end"]), list(row["recs"])
 
 
 def dead_letter_json(row) -> str:
     """A row the SQL did not window -> dead letter as one JSON line (reason from the
     contract's validator; ``late`` when its windows had fired)."""
-    raw = row["line"].encode("utf-8")
+    raw = bytes(row["line"]).rstrip(b"\r")  # the line's bytes, as Beam's reader gives them
     source = row["path"] or "?"
     if row["late"]:
         dead = DeadLetter(LATE, "every window of its event time had fired (watermark passed)", source, -1,
                           raw)
     else:
-        out = parse_line(raw.rstrip(b"\r"), source, -1)
+        out = parse_line(raw, source, -1)
         dead = out if isinstance(out, DeadLetter) else DeadLetter(
             UNSUPPORTED, "valid by the contract but not in the form the Flink SQL fast path parses",
             source, -1, raw)
@@ -67,8 +46,9 @@ def dead_letter_json(row) -> str:
 
 
 class TenantWindows(KeyedProcessFunction):
-    """Keyed by tenant: buffers a window's aggregate rows until the watermark passes its end
-    (an event-time timer), then runs ``WindowStage`` with the tenant's sequence state."""
+    """Keyed by tenant: buffers a window's chunks (a few per window) until the watermark
+    passes its end (an event-time timer), then runs ``WindowStage`` with the tenant's
+    sequence state."""
 
     def __init__(self, spec: StageSpec):
         self.spec = spec
@@ -99,8 +79,7 @@ class TenantWindows(KeyedProcessFunction):
         if not mine:
             return
         state = self.state.value() or TenantState()
-        agents = [v[4] for v in mine if v[0] == "a"]
-        edges = [v[4] for v in mine if v[0] == "e"]
-        ledger = self.stage.process(ctx.get_current_key(), mine[0][2], end, agents, edges, state)
+        recs = [r for v in mine for r in v[4]]
+        ledger = self.stage.process(ctx.get_current_key(), mine[0][2], end, recs, state)
         self.state.update(state)
         yield orjson.dumps({k: ledger[k] for k in ("tenant", "window_start", "n_fresh")}).decode()

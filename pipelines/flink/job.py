@@ -1,10 +1,12 @@
 """The AURA job on Apache Flink (PyFlink 2.3, local MiniCluster or a cluster).
 
 Flink SQL (``pipelines.flink.sql``) reads the landing directory (FileSource; continuously
-with ``monitor_interval_s``), parses and validates JSON on the JVM, assigns event-time
-windows with a bounded-out-of-orderness watermark and aggregates per (tenant, agent,
-window) and per (tenant, caller, callee, window). Python gets those rows keyed by tenant
-(``TenantWindows``: buffer and sequence state in Flink keyed state, checkpointed) and does
+with ``monitor_interval_s``), parses and validates each line once on the JVM with the
+project's Java table function (``pipelines.flink.udf``, built from ``pipelines/flink/java``
+and added with ``pipeline.jars``), assigns event-time windows with a
+bounded-out-of-orderness watermark and collects each (tenant, window)'s packed records in
+a few chunk rows. Python gets those rows keyed by tenant (``TenantWindows``: buffer and
+sequence state in Flink keyed state, checkpointed), decodes them with numpy and does
 snapshot, features, prediction, consensus and the graph sink. Rows the SQL does not
 window become dead letters through an exactly-once FileSink.
 
@@ -32,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pipelines.beam.job import RunSummary
-from pipelines.flink import sql
+from pipelines.flink import sql, udf
 from pipelines.flink.window_stage import LEDGER, StageSpec
 from pipelines.stream_source import INPUT_SUFFIXES
 
@@ -58,10 +60,12 @@ class FlinkSpec:
     restore_from: str | None = None  # a chk-* (or savepoint) directory
     max_runtime_s: float | None = None  # continuous: cancel after this long
     idle_timeout_s: float | None = None  # continuous: cancel after this long without a new window
+    chunks: int = 8  # parts per (tenant, window) handed from the SQL to Python
 
     def sql_spec(self) -> sql.SqlSpec:
         return sql.SqlSpec(os.path.abspath(self.source), self.size_s, self.slide_s or self.size_s,
-                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None)
+                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None,
+                           self.chunks)
 
 
 def _uri(path: str) -> str:
@@ -86,6 +90,7 @@ def environment(spec: FlinkSpec):
         "state.backend.type": spec.state_backend,
         "restart-strategy.type": "none",
         "python.fn-execution.bundle.time": "200",
+        "pipeline.object-reuse": "true",  # no record copies between chained JVM operators
     }
     if spec.checkpoint_dir:
         settings["execution.checkpointing.dir"] = _uri(spec.checkpoint_dir)
@@ -95,6 +100,7 @@ def environment(spec: FlinkSpec):
         conf.set_string(k, v)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_python_executable(sys.executable)
+    env.add_jars("file://" + udf.jar_path())
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     t_env = StreamTableEnvironment.create(env)
@@ -115,26 +121,26 @@ def build(spec: FlinkSpec):
     )
     from pyflink.table import Schema
 
-    from pipelines.flink.functions import TenantWindows, dead_text, element, is_dead, is_window
+    from pipelines.flink.functions import TenantWindows, dead_letter_json, element
 
     env, t_env = environment(spec)
     s = spec.sql_spec()
+    t_env.execute_sql(sql.function_ddl(udf.PARSE_FUNCTION))
     t_env.execute_sql(sql.source_ddl(s))
-    # parse once: through a DataStream (JVM only) and back, else the planner inlines the JSON
-    # functions into each branch below and evaluates them once per branch
-    parsed = t_env.to_data_stream(t_env.sql_query(sql.parsed_query(s)))
-    t_env.create_temporary_view("parsed", t_env.from_data_stream(parsed, Schema.new_builder()
-                                .column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
-                                .watermark("rowtime", "SOURCE_WATERMARK()").build()))
-    for stmt in (sql.valid_view(), sql.calls_view()):
+    # parse once, on the JVM; through a DataStream (JVM only) and back, to declare the event
+    # time and watermark on the parsed rows
+    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query(s)))
+    t_env.create_temporary_view("parsed_raw", t_env.from_data_stream(parsed, Schema.new_builder()
+                                .column_by_expression("rowtime", sql.ROWTIME)
+                                .watermark("rowtime", f"rowtime - {s.watermark_lag}").build()))
+    for stmt in (sql.lateness_view(s, "parsed_raw"), sql.valid_view()):
         t_env.execute_sql(stmt)
-    table = t_env.sql_query(sql.combined_query(s))
-    rows = t_env.to_data_stream(table).map(element, Types.PICKLED_BYTE_ARRAY())
-    windows = (rows.filter(is_window)
+    rows = t_env.to_data_stream(t_env.sql_query(sql.combined_query(s)))
+    windows = (_kind(rows, "w").map(element, Types.PICKLED_BYTE_ARRAY())
                .key_by(lambda v: v[1], key_type=Types.STRING())
                .process(TenantWindows(spec.stage), Types.STRING()).name("TenantWindows"))
     windows.filter(lambda _: False).print()  # outputs are files; this only terminates the graph
-    dead = rows.filter(is_dead).map(dead_text, Types.STRING())
+    dead = _kind(rows, "d").map(dead_letter_json, Types.STRING())
     dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
     sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
@@ -143,6 +149,16 @@ def build(spec: FlinkSpec):
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
     dead.sink_to(sink).name("DeadLetters")
     return env
+
+
+def _kind(rows, kind: str):
+    """The rows of one kind (``w`` window chunks, ``d`` dead letters), split on the JVM
+    (``KindFilter``), so each Python operator receives only its own rows."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    j_filter = get_gateway().jvm.aura.flink.KindFilter(kind)
+    return DataStream(rows._j_data_stream.filter(j_filter).name(f"kind={kind}"))
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
