@@ -300,7 +300,7 @@ def write_fault_file(landing: str) -> None:
     os.replace(tmp, tmp[:-4])
 
 
-DEMO_SEVERITIES = (0.05, 0.95, 0.1)  # a fizzle, a cascade, a fizzle (mechanisms cycle)
+DEMO_SEVERITIES = (0.05, 0.95, 0.1)  # a fizzle, then a cascade (mechanisms cycle; 600 s hold two)
 
 
 def demo(a: argparse.Namespace) -> int:

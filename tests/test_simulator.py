@@ -23,9 +23,10 @@ def run(cfg: ScenarioConfig) -> tuple[Scenario, list[dict]]:
 
 
 def one_episode(mechanism: str, severity: float, **kw) -> ScenarioConfig:
-    base = dict(n_agents=200, duration_s=300, seed=1, mechanisms=(mechanism,), severities=(severity,),
-                episode_s=(300.0, 300.0), calm_s=(40.0, 40.0), trigger_s=(30.0, 30.0),
-                pressure=(0.0, 0.0))  # no background load growth: the trigger alone
+    # later triggers on the timeline have severity 0: no surge, no delay, no replica killed
+    base = dict(n_agents=200, duration_s=300, seed=1, mechanisms=(mechanism,), severities=(severity, 0.0),
+                quiet_s=(40.0, 40.0), ramp_s=(60.0, 60.0), trigger_s=(30.0, 30.0),
+                load_swing=(0.0, 0.0))  # no background load drift: the trigger alone
     base.update(kw)
     return ScenarioConfig(**base)
 
@@ -64,10 +65,13 @@ def test_steady_fleet_stays_healthy_without_a_trigger():
 
 def test_retries_off_recovers_and_high_retry_amplification_stays_failed():
     """Same graph, same surge: without retries the fleet drains its queues once the trigger
-    ends; with 4 retries per call the retry load alone keeps it failed (metastable)."""
+    ends; with 4 retries per call the retry load alone keeps it failed (metastable). No
+    crashes and no operator here: the retry physics alone."""
     outcome = {}
     for retries in (0, 4):
-        sc, ticks = run(one_episode("retry_storm", 0.9, physics_overrides=(("max_retries", retries),)))
+        physics = (("max_retries", retries), ("crash_after", float("inf")))
+        sc, ticks = run(one_episode("retry_storm", 0.9, operator_after_s=float("inf"),
+                                    physics_overrides=physics))
         ep = sc.episodes[0]
         sick = np.array([int(unhealthy(t["error_rate"], t["latency_p99_ms"], 1.0).sum()) for t in ticks])
         during = sick[int(ep.trigger_s):int(ep.trigger_end_s)].max()
@@ -82,27 +86,69 @@ def test_retries_off_recovers_and_high_retry_amplification_stays_failed():
 
 def test_load_redistribution_failed_fraction_grows_as_alpha_shrinks():
     """Motter & Lai: capacity = (1 + alpha) x steady load; killing the same replicas on
-    the same graph takes down more of the fleet the smaller alpha is."""
+    the same graph takes down more of the fleet the smaller alpha is (averaged over the
+    last minute the replicas are still dead; retries off: load shifting alone)."""
     failed = []
     alphas = (0.02, 0.1, 0.2, 0.4, 0.8)
     for a in alphas:
+        physics = (("headroom", (a, a + 0.3)), ("max_retries", 0), ("crash_after", 3.0))
         sc, ticks = run(one_episode("load_redistribution", 0.4, ramp_s=(0.0, 0.0),  # all at once
-                                    physics_overrides=(("headroom", (a, a + 0.3)),)))
-        last = ticks[-1]
-        sick = unhealthy(last["error_rate"], last["latency_p99_ms"], 1.0)
-        failed.append(float((~last["up"] | sick).mean()))
-    assert all(x >= y for x, y in zip(failed, failed[1:])), dict(zip(alphas, failed))
+                                    trigger_s=(150.0, 150.0), physics_overrides=physics))
+        end = int(sc.episodes[0].trigger_end_s)
+        failed.append(float(np.mean([(~t["up"] | unhealthy(t["error_rate"], t["latency_p99_ms"], 1.0)).mean()
+                                     for t in ticks[end - 60:end]])))  # the last minute of the hold
+    assert all(x >= y - 0.01 for x, y in zip(failed, failed[1:])), dict(zip(alphas, failed))  # or saturated
     assert failed[0] >= 3 * failed[-1], dict(zip(alphas, failed))
 
 
+def fleets(n: int, seed: int = 7) -> list[dict]:
+    """Fleets like the training data's: sizes 60-200, both graph families."""
+    rng = np.random.default_rng(seed)
+    return [dict(n_agents=int(rng.choice([60, 120, 200])), seed=int(rng.integers(2**31)),
+                 graph=str(rng.choice(["layered", "scale_free"]))) for _ in range(n)]
+
+
 @pytest.mark.parametrize("mechanism", ["retry_storm", "load_redistribution", "timeout_propagation"])
-def test_triggers_sometimes_fizzle_and_sometimes_cascade(mechanism):
-    outcomes = set()
-    for seed in (1, 2, 3):
-        for sev in (0.0, 0.15, 0.5, 1.0):
-            sc, _ = run(one_episode(mechanism, sev, seed=seed))
-            outcomes.add(sc.labels[0].cascade)
-    assert outcomes == {True, False}
+def test_about_half_of_the_triggers_fizzle_and_onsets_come_late_in_the_build_up(mechanism):
+    """Severities straddle each mechanism's threshold: over random fleets and severities a
+    third to two thirds of the triggers cascade. Triggers build up gradually, so a cascade
+    starts well after its trigger did (the build-up is the warning); rarely a fragile fleet
+    tips over on its own before any trigger (spontaneous cascades are real, but rare)."""
+    outcomes, delays = [], []
+    for f in fleets(10):
+        sc, _ = run(ScenarioConfig(duration_s=900, mechanisms=(mechanism,), **f))
+        for lb in sc.labels:
+            outcomes.append(lb.cascade)
+            if lb.cascade:
+                delays.append(lb.onset - lb.trigger_time)
+    assert len(outcomes) >= 20
+    assert 0.3 <= np.mean(outcomes) <= 0.7, (np.mean(outcomes), len(outcomes))
+    d = np.array(delays)
+    assert np.mean(d >= 0) >= 0.8 and np.median(d) >= 60 and np.mean(d >= 30) >= 0.8, sorted(delays)
+
+
+def test_the_timeline_is_continuous_no_reset_at_episode_boundaries(monkeypatch):
+    """The fleet is set up once and then only evolves: at every boundary between episodes
+    the fleet is healthy and its load and latency carry on without a step."""
+    from pipelines.simulation.fleet import Fleet
+
+    resets = []
+    real_reset = Fleet.reset
+    monkeypatch.setattr(Fleet, "reset", lambda self, p: (resets.append(p), real_reset(self, p)))
+    sc, ticks = run(ScenarioConfig(n_agents=120, duration_s=1800, seed=3))
+    assert len(resets) == 1  # at construction only
+    bounds = [int(ep.end_s) for ep in sc.episodes[:-1]]
+    assert len(bounds) >= 3
+    total = np.array([t["request_count"].sum() for t in ticks])
+    p50 = np.array([np.median(t["latency_p50_ms"]) for t in ticks])
+    for b in bounds:
+        before, after = slice(b - 10, b), slice(b, b + 10)
+        near = ticks[b - 10:b + 10]
+        assert not any(unhealthy(t["error_rate"], t["latency_p99_ms"], 1.0).any() for t in near), b
+        assert abs(total[after].mean() / total[before].mean() - 1) < 0.05, b
+        assert abs(p50[after].mean() / p50[before].mean() - 1) < 0.05, b
+    quiet = [ep.trigger_s - ep.start_s for ep in sc.episodes]
+    assert np.ptp(quiet) > 20  # no fixed delay from a boundary to the next trigger
 
 
 def test_cascade_labels_agree_with_the_telemetry_files(tmp_path):

@@ -6,7 +6,9 @@ subset per caller replica (deterministic subsetting), so when a replica crashes 
 shifts to its surviving peers (Motter & Lai style redistribution), and callers retry
 failed or timed-out calls (retry amplification feeds load back: metastable retry storms).
 Workers blocked on slow dependencies reduce a caller's throughput, so timeouts propagate
-up the call graph.
+up the call graph. Below saturation an agent's latency grows with its utilisation
+(M/M/1 queueing delay, ``max_rho``), so an agent nearing its capacity shows it before any
+backlog forms. Crashed agents restart after ``restart_after`` and come up fresh.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Physics:
     restart_after: float = float("inf")  # a crashed agent restarts after this long
     noise: float = 0.03  # relative noise on reported gauges
     subset_size: int = 8  # callee replicas each caller replica talks to
+    entry_headroom: float = 0.0  # extra alpha of the services that take external load
+    max_rho: float = 0.0  # utilisation cap of the below-saturation queueing delay (0: none)
 
     def with_(self, **changes: float) -> Physics:
         """A copy with some parameters changed."""
@@ -47,7 +51,7 @@ class TickEffects:
 
     load_mult: np.ndarray  # (S,) external load multiplier
     extra_latency: np.ndarray  # (S,) seconds added to own service time
-    kill: np.ndarray | None = None  # (N,) bool, agents crashed this tick
+    kill: np.ndarray | None = None  # (N,) bool, agents crashed this tick (down until restarted)
 
 
 class Fleet:
@@ -131,10 +135,15 @@ class Fleet:
         p = physics
         lo, hi = p.headroom
         self.alpha = lo + self._headroom_rank * (hi - lo)
+        # stateless entry services (gateways, frontends) are provisioned for surges: the
+        # bottleneck of a fleet is its shared backends
+        entry = self.graph.external[self.service] > 0
+        self.alpha = np.where(entry, self.alpha + p.entry_headroom, self.alpha)
         self.capacity = (1.0 + self.alpha) * np.maximum(self.steady_load, 1e-3)
         self.queue_limit = p.queue_limit * self.capacity
         self.queue = np.zeros(self.n)
         self.up_at = np.full(self.n, -np.inf)  # agent is up when t >= up_at
+        self.was_up = np.ones(self.n, dtype=bool)
         self.overloaded_for = np.zeros(self.n)
         self.served = self.steady_load.copy()
         self.latency = self.base_service_time.copy()
@@ -147,14 +156,25 @@ class Fleet:
         self.queue[:] = 0.0
         self.overloaded_for[:] = 0.0
 
+    def restart(self, t: float, agents: np.ndarray | None = None) -> None:
+        """Bring crashed agents (all, or those in the ``agents`` mask) back up at ``t``."""
+        down = self.up_at > t if agents is None else agents & (self.up_at > t)
+        self.up_at = np.where(down, t, self.up_at)
+        self.overloaded_for[down] = 0.0
+
     # -- one tick --------------------------------------------------------------------
     def step(self, t: float, fx: TickEffects, dt: float = 1.0,
              emit: bool = True) -> dict[str, np.ndarray] | None:
         """Advance one tick of ``dt`` seconds; return the agents' telemetry if ``emit``."""
         p, n = self.physics, self.n
         if fx.kill is not None:
-            self.up_at = np.where(fx.kill, t + p.restart_after, self.up_at)
+            self.up_at = np.where(fx.kill, np.inf, self.up_at)
         up = t >= self.up_at
+        back = up & ~self.was_up  # restarted this tick: comes up fresh, not with a dead one's state
+        self.was_up = up
+        if back.any():
+            self.fail_prob = np.where(back, 0.0, self.fail_prob)
+            self.latency = np.where(back, self.base_service_time, self.latency)
         retries = p.max_retries
         # A call fails after all attempts with fail_prob**(retries+1); attempts per call
         # are the geometric sum 1 + p + ... + p**retries.
@@ -183,7 +203,10 @@ class Fleet:
         rejected = np.maximum(queue - self.queue_limit, 0.0)
         queue -= rejected
         wait = np.divide(queue, mu, out=np.full(n, 10.0 * p.timeout), where=mu > 0)
-        latency = own_time + wait + down_lat
+        # queueing delay below saturation (M/M/1: own time x rho / (1 - rho)) from the offered
+        # load: latency climbs smoothly as an agent nears its capacity, before any backlog
+        rho = np.minimum(np.divide(rate, mu, out=np.ones(n), where=mu > 0), p.max_rho)
+        latency = own_time * (1.0 + rho / (1.0 - rho)) + wait + down_lat
         # downstream failure after retries, and unroutable calls
         log_ok = np.log(np.clip(1.0 - fail_all, 1e-12, 1.0))
         contrib = fan_share * log_ok[self.e_dst]

@@ -1,16 +1,27 @@
-"""Scenarios: a fleet, a plan of trigger episodes, and the labels of what happened.
+"""Scenarios: a fleet, a continuous timeline of trigger episodes, and the labels of what
+happened.
 
-A scenario runs a sequence of episodes on one fleet. Each episode starts from the healthy
-steady state (as after an operator restart), runs calmly, fires one trigger of a failure
-mechanism, and observes. An episode whose unhealthy fraction stays at or above
-``cascade_fraction`` for ``min_cascade_s`` is a cascade (onset = first tick of that run);
-otherwise the trigger fizzled. Labels come from the same telemetry the scenario emits.
+A scenario runs one fleet under one set of physics on a single continuous timeline: the
+fleet is never reset. External load drifts slowly (a busy hour comes and goes). Each
+episode is a quiet stretch, then one trigger of a failure mechanism that builds up
+gradually (a traffic surge that grows, a dependency that slows down, replicas dying one by
+one) and holds, then recovery: the trigger ends, crashed agents restart, and if the fleet
+is still unhealthy ``operator_after_s`` after the trigger ended, an operator sheds external
+load and restarts what is down, then restores the load slowly. The next episode starts
+once the fleet has been healthy for ``recovery_s`` at full load, so nothing in the
+telemetry marks an episode boundary. Trigger magnitudes straddle each mechanism's cascade
+threshold (about half of the triggers fizzle).
+
+An episode is a cascade when the unhealthy agents outside the trigger's directly-hit
+agents (its roots) stay at or above ``cascade_fraction`` of the fleet for
+``min_cascade_s`` (onset = first tick of that run); otherwise the trigger fizzled. Labels
+come from the same telemetry the scenario emits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,17 +31,16 @@ from pipelines.simulation.graphs import build_graph
 
 MECHANISMS = ("retry_storm", "load_redistribution", "timeout_propagation")
 
-# Physics each mechanism runs under, and the range of trigger magnitudes it draws from
-# (severity 0 -> low end, 1 -> high end; the ranges straddle the cascade threshold).
-_MECHANISM_PHYSICS = {
-    "retry_storm": dict(max_retries=3),
-    "load_redistribution": dict(max_retries=0, crash_after=3.0, headroom=(0.05, 0.6)),
-    "timeout_propagation": dict(max_retries=1),
-}
+# One fleet, one physics for the whole timeline: clients retry, overloaded agents crash
+# (memory pressure) and are restarted by their orchestrator.
+SCENARIO_PHYSICS = Physics(headroom=(0.2, 0.7), max_retries=2, crash_after=5.0, restart_after=30.0,
+                           entry_headroom=1.5, max_rho=0.95)
+# Range of trigger magnitudes per mechanism (severity 0 -> low end, 1 -> high end); each
+# range straddles the mechanism's cascade threshold, so that about half of them fizzle.
 _MAGNITUDE = {
-    "retry_storm": (1.0, 2.2),  # external load multiplier on the root services
-    "load_redistribution": (0.05, 0.7),  # fraction of the root service's replicas killed
-    "timeout_propagation": (0.0, 0.15),  # seconds of extra latency on the root services
+    "retry_storm": (1.0, 1.3),  # external load multiplier on the entry services
+    "load_redistribution": (0.0, 0.25),  # fraction of the biggest service's replicas killed
+    "timeout_propagation": (0.0, 0.11),  # seconds of extra latency on a deep dependency
 }
 
 
@@ -46,24 +56,29 @@ class ScenarioConfig:
     tenant: str = "acme"
     start_epoch_s: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z
     mechanisms: tuple[str, ...] = MECHANISMS
-    episode_s: tuple[float, float] = (150.0, 300.0)
-    calm_s: tuple[float, float] = (40.0, 80.0)
-    trigger_s: tuple[float, float] = (15.0, 40.0)  # how long a trigger holds at full strength
-    ramp_s: tuple[float, float] = (20.0, 60.0)  # how long it takes to build up (precursors)
-    pressure: tuple[float, float] = (0.0, 0.25)  # background load growth before the trigger
+    quiet_s: tuple[float, float] = (30.0, 150.0)  # healthy time before a trigger starts
+    ramp_s: tuple[float, float] = (90.0, 240.0)  # how long a trigger takes to build up
+    trigger_s: tuple[float, float] = (20.0, 60.0)  # how long it then holds at full strength
+    load_swing: tuple[float, float] = (0.0, 0.15)  # amplitude of the slow background load drift
     severities: tuple[float, ...] = ()  # per episode in [0, 1]; drawn when empty
     cascade_fraction: float = 0.1
     min_cascade_s: float = 5.0
+    recovery_s: float = 30.0  # healthy this long at full load after a trigger: episode over
+    operator_after_s: float = 60.0  # still unhealthy this long after the trigger: shed load
+    shed_to: float = 0.5  # external load the operator lets in while shedding
     services_per_agent: float = 0.2
-    physics: Physics = field(default_factory=Physics)
-    # applied after each mechanism's own physics, e.g. (("max_retries", 0),)
+    physics: Physics = SCENARIO_PHYSICS
+    # applied to ``physics``, e.g. (("max_retries", 0),)
     physics_overrides: tuple[tuple[str, object], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Episode:
-    start_s: float
-    end_s: float
+    """One trigger on the timeline (seconds since the scenario's start); ``end_s`` is known
+    once the fleet has recovered (or the scenario ends)."""
+
+    index: int
+    start_s: float  # the quiet stretch before the trigger begins here
     mechanism: str
     trigger_s: float
     trigger_end_s: float
@@ -71,7 +86,8 @@ class Episode:
     magnitude: float
     severity: float
     root_services: tuple[int, ...]
-    pressure: float = 0.0  # extra external load reached (linearly) by the trigger's start
+    end_s: float = float("inf")
+    shed_s: float | None = None  # when the operator started shedding load, if it did
 
 
 @dataclass
@@ -96,7 +112,7 @@ def agent_ids(n: int) -> list[str]:
 
 
 class Scenario:
-    """Runs a fleet through its episodes, tick by tick."""
+    """Runs a fleet through its episodes, tick by tick, on one continuous timeline."""
 
     def __init__(self, cfg: ScenarioConfig):
         if cfg.tick_s <= 0 or cfg.duration_s <= 0:
@@ -108,7 +124,8 @@ class Scenario:
         self.rng = np.random.default_rng(cfg.seed)
         n_services = max(4, int(round(cfg.n_agents * cfg.services_per_agent)))
         self.graph = build_graph(cfg.graph, n_services, self.rng)
-        self.fleet = Fleet(self.graph, cfg.n_agents, cfg.physics, self.rng)
+        physics = cfg.physics.with_(**dict(cfg.physics_overrides))
+        self.fleet = Fleet(self.graph, cfg.n_agents, physics, self.rng)
         self.agents = agent_ids(cfg.n_agents)
         # static columns of every tick's telemetry table, built once
         self.agent_array = pa.array(self.agents, pa.string())
@@ -117,27 +134,24 @@ class Scenario:
         self.call_dst_names = [self.agents[j] for j in self.fleet.e_dst]
         per_agent = np.bincount(self.fleet.e_src, minlength=cfg.n_agents)
         self.call_offsets = pa.array(np.concatenate([[0], np.cumsum(per_agent)]).astype(np.int32))
-        self.episodes = self._plan()
+        # the slow background load: two sinusoids of random phase, periods 15-40 min
+        amp = self.rng.uniform(*cfg.load_swing, size=2) / 2
+        self._swing = (amp, self.rng.uniform(900.0, 2400.0, size=2), self.rng.uniform(0, 2 * np.pi, size=2))
+        self.episodes: list[Episode] = []  # filled as the timeline runs
         self.labels: list[EpisodeLabel] = []
         self.unhealthy_counts = np.zeros(0, dtype=np.int64)
 
     # -- planning ------------------------------------------------------------------------
-    def _plan(self) -> list[Episode]:
-        cfg, rng, eps, t = self.cfg, self.rng, [], 0.0
-        while t < cfg.duration_s:
-            length = min(rng.uniform(*cfg.episode_s), cfg.duration_s - t)
-            mech = cfg.mechanisms[len(eps) % len(cfg.mechanisms)] if cfg.severities else \
-                str(rng.choice(cfg.mechanisms))
-            sev = cfg.severities[len(eps) % len(cfg.severities)] if cfg.severities else rng.uniform()
-            lo, hi = _MAGNITUDE[mech]
-            trig = t + min(rng.uniform(*cfg.calm_s), 0.3 * length)
-            dur = rng.uniform(*cfg.trigger_s)
-            ramp = rng.uniform(*cfg.ramp_s)
-            pressure = rng.uniform(*cfg.pressure)
-            eps.append(Episode(t, t + length, mech, trig, trig + ramp + dur, ramp,
-                               lo + sev * (hi - lo), float(sev), self._roots(mech), pressure))
-            t += length
-        return eps
+    def _next_episode(self, start_s: float) -> Episode:
+        """The next trigger, drawn when the previous episode is over."""
+        cfg, rng, i = self.cfg, self.rng, len(self.episodes)
+        mech = cfg.mechanisms[i % len(cfg.mechanisms)] if cfg.severities else str(rng.choice(cfg.mechanisms))
+        sev = float(cfg.severities[i % len(cfg.severities)]) if cfg.severities else float(rng.uniform())
+        lo, hi = _MAGNITUDE[mech]
+        trig = start_s + rng.uniform(*cfg.quiet_s)
+        ramp, hold = rng.uniform(*cfg.ramp_s), rng.uniform(*cfg.trigger_s)
+        return Episode(i, start_s, mech, trig, trig + ramp + hold, ramp, lo + sev * (hi - lo), sev,
+                       self._roots(mech))
 
     def _roots(self, mechanism: str) -> tuple[int, ...]:
         g, reps = self.graph, self.fleet.replicas
@@ -150,11 +164,14 @@ class Scenario:
         leaves = np.flatnonzero(np.diff(g.fanout.indptr) == 0)
         return (int(leaves[np.argmax(callees[leaves])]),)
 
-    def _effects(self, ep: Episode, t: float) -> TickEffects:
+    def background_load(self, t: float) -> float:
+        """External load multiplier of the slow drift at ``t`` (1 on average)."""
+        amp, period, phase = self._swing
+        return float(1.0 + (amp * np.sin(2 * np.pi * t / period + phase)).sum())
+
+    def _effects(self, ep: Episode, t: float, shed: float) -> TickEffects:
         s = self.graph.n_services
-        # the fleet's load grows towards the trigger (a busy hour): less headroom left
-        growth = ep.pressure * min(1.0, (t - ep.start_s) / max(ep.trigger_s - ep.start_s, 1.0))
-        fx = TickEffects(np.full(s, 1.0 + growth), np.zeros(s))
+        fx = TickEffects(np.full(s, self.background_load(t) * shed), np.zeros(s))
         if not (ep.trigger_s <= t < ep.trigger_end_s):
             return fx
         roots = list(ep.root_services)
@@ -180,8 +197,8 @@ class Scenario:
     def _doomed(self, ep: Episode) -> np.ndarray:
         """Load redistribution: the replicas the trigger crashes, in crash order."""
         members = np.flatnonzero(np.isin(self.fleet.service, ep.root_services))
-        k = max(1, int(round(ep.magnitude * len(members))))
-        return np.random.default_rng([self.cfg.seed, int(ep.start_s)]).permutation(members)[:k]
+        k = int(round(ep.magnitude * len(members)))
+        return np.random.default_rng([self.cfg.seed, ep.index]).permutation(members)[:k]
 
     def _root_mask(self, ep: Episode) -> np.ndarray:
         """The agents the trigger hits directly: the replicas killed (load redistribution)
@@ -198,35 +215,52 @@ class Scenario:
 
     # -- running -------------------------------------------------------------------------
     def ticks(self) -> Iterator[tuple[float, dict[str, np.ndarray]]]:
-        """Yield (epoch seconds, telemetry arrays) per tick; fills ``labels`` at the end."""
-        cfg = self.cfg
+        """Yield (epoch seconds, telemetry arrays) per tick; fills ``episodes`` as they
+        happen and ``labels`` at the end."""
+        cfg, fleet = self.cfg, self.fleet
         counts: list[int] = []
         n_ticks = int(round(cfg.duration_s / cfg.tick_s))
-        ep_i, ep = 0, self.episodes[0]
+        ep = self._next_episode(0.0)
+        self.episodes = [ep]
         roots = self._root_mask(ep)
-        self.fleet.reset(self._physics(ep))
+        shed, healthy_for, settled_for, restarted = 1.0, 0.0, 0.0, False
         for k in range(n_ticks):
             t = k * cfg.tick_s
-            while t >= ep.end_s and ep_i + 1 < len(self.episodes):
-                ep_i += 1
-                ep = self.episodes[ep_i]
-                roots = self._root_mask(ep)
-                self.fleet.reset(self._physics(ep))
-            tel = self.fleet.step(t, self._effects(ep, t), dt=cfg.tick_s)
-            sick = unhealthy(tel["error_rate"], tel["latency_p99_ms"], self.fleet.physics.timeout)
+            if t >= ep.trigger_end_s and not restarted:  # the trigger is over: replace the dead
+                fleet.restart(t, roots)
+                restarted = True
+            tel = fleet.step(t, self._effects(ep, t, shed), dt=cfg.tick_s)
+            sick = unhealthy(tel["error_rate"], tel["latency_p99_ms"], fleet.physics.timeout)
             counts.append(int(sick.sum() - sick[roots].sum()))
             yield cfg.start_epoch_s + t, tel
+            if t < ep.trigger_end_s:
+                continue
+            # recovery: healthy at full load for recovery_s ends the episode
+            bad = int((sick | ~tel["up"]).sum()) > 0.01 * cfg.n_agents
+            healthy_for = 0.0 if bad else healthy_for + cfg.tick_s
+            if ep.shed_s is None and bad and t - ep.trigger_end_s >= cfg.operator_after_s:
+                ep.shed_s = t  # the operator steps in: shed load, restart what is down
+                fleet.restart(t)
+            if ep.shed_s is not None:  # shed quickly; restore slowly once healthy for a while
+                step = -1.0 / 20.0 if healthy_for < cfg.recovery_s else 1.0 / 120.0
+                shed = float(np.clip(shed + step * cfg.tick_s * (1 - cfg.shed_to), cfg.shed_to, 1.0))
+            settled_for = settled_for + cfg.tick_s if shed >= 1.0 and not bad else 0.0
+            if settled_for >= cfg.recovery_s:
+                ep.end_s = t + cfg.tick_s
+                ep = self._next_episode(ep.end_s)
+                self.episodes.append(ep)
+                roots = self._root_mask(ep)
+                shed, healthy_for, settled_for, restarted = 1.0, 0.0, 0.0, False
+        ep.end_s = min(ep.end_s, cfg.duration_s)
+        if ep.trigger_s >= cfg.duration_s:  # the last trigger never started
+            self.episodes.pop()
         self.unhealthy_counts = np.asarray(counts, dtype=np.int64)
         self.labels = [self._label(ep) for ep in self.episodes]
 
-    def _physics(self, ep: Episode) -> Physics:
-        return self.cfg.physics.with_(**_MECHANISM_PHYSICS[ep.mechanism]).with_(
-            **dict(self.cfg.physics_overrides))
-
     def _label(self, ep: Episode) -> EpisodeLabel:
         cfg = self.cfg
-        # searched from the episode's start, not the trigger's: the growing background load
-        # alone can tip agents with little headroom over first, and that onset is real
+        # searched from the episode's start, not the trigger's: a busy hour alone can tip
+        # agents with little headroom over first, and that onset is real
         k0, k1 = int(round(ep.start_s / cfg.tick_s)), int(round(ep.end_s / cfg.tick_s))
         u = self.unhealthy_counts[k0:k1]
         label = EpisodeLabel(ep.mechanism, False, cfg.start_epoch_s + ep.trigger_s,
