@@ -165,7 +165,7 @@ class WindowStage:
 
 def _warm_up(extractor: FeatureExtractor, slide_s: float) -> None:
     """Features of two tiny windows, written nowhere: the extractor's lazy imports
-    (persistence backend, persim: ~2.5 s) happen at start-up, not in the first windows."""
+    (persistence backend, scipy, scikit-learn: ~2.5 s) happen at start-up, not in the first windows."""
     recs = [{"agent_id": a, "event_time": t, **{m: 1.0 for m in METRICS},
              "calls": [{"dst": b, "count": 1, "errors": 0, "latency_ms": 1.0}]}
             for t in (1.0, 11.0) for a, b in (("a", "b"), ("b", "c"), ("c", "a"))]
