@@ -164,3 +164,32 @@ def test_persistent_keys_pin_the_committee_and_catch_a_log_forged_with_fresh_key
     Path(keys, "validator-3.key").write_text(Path(keys, "validator-2.key").read_text())
     with pytest.raises(ValueError, match="do not match"):
         load_keys(keys, 4)
+
+
+def test_flink_window_stage_signs_with_the_persistent_keys(tmp_path, capsys):
+    """``--validator-keys`` reaches the Flink job's validators too (its window stage builds
+    them from the same ``ConsensusSpec``): its audit log verifies against the pinned committee."""
+    import random
+
+    from pipelines.beam.consensus import ConsensusSpec
+    from pipelines.flink.assemble import pack
+    from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
+    from pipelines.inference import PredictorSpec
+    from pipelines.topology.features import FeatureExtractor
+    from tests.conftest import T0
+    from tests.test_windowing import random_records
+
+    keys = str(tmp_path / "keys")
+    assert main(["audit", "keygen", keys]) == 0
+    out = str(tmp_path / "out")
+    stage = WindowStage(StageSpec(out, 10_000, 10_000, FeatureExtractor(), PredictorSpec(),
+                                  ConsensusSpec(key_dir=keys)))
+    recs = random_records(random.Random(1), 200, tenants=("acme",))
+    state = TenantState()
+    for k in range(3):
+        start = int(T0 * 1000) + k * 10_000
+        window = [pack(r) for r in recs if start <= r["event_time"] * 1000 < start + 10_000]
+        assert stage.process("acme", start, start + 10_000, window, state)["committed"]
+    stage.close()
+    capsys.readouterr()
+    assert main(["audit", "verify", out, "--committee", keys]) == 0

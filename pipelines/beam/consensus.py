@@ -44,8 +44,22 @@ class ConsensusSpec:
     def config(self) -> ConsensusConfig:
         return ConsensusConfig(len(self.backends), self.epsilon, self.bands, self.max_block)
 
+    def build(self, out_dir: str) -> Validators:
+        """The validators of one new chain, each with its own loaded predictor, signing with
+        the keys in ``key_dir`` (fresh ones without it); audit log in ``<out_dir>/audit/``."""
+        predictors = []
+        for s in self.backends:
+            p = s.build()
+            p.load_model()
+            predictors.append(p)
+        chain = uuid.uuid4().hex
+        path = os.path.join(out_dir, AUDIT_DIR, f"chain-{chain}.ndjson")
+        keys = load_keys(self.key_dir, len(predictors)) if self.key_dir else None
+        return Validators(predictors, self.config(), audit_path=path, chain_id=chain, keys=keys)
 
-def _request(row: dict, bands: RiskBands) -> Request:
+
+def request(row: dict, bands: RiskBands) -> Request:
+    """A prediction row (with its model inputs under ``INPUTS``) -> the validators' request."""
     x, dt = row[INPUTS]
     p = float(row["probability"])
     v = Verdict(row["tenant"], int(row["window_start"]), int(row["window_end"]), int(row["pane_index"]), p,
@@ -62,15 +76,7 @@ class ConsensusFn(beam.DoFn):
         self.spec, self.out_dir, self.run_id = spec, out_dir, run_id
 
     def setup(self):
-        predictors = []
-        for s in self.spec.backends:
-            p = s.build()
-            p.load_model()
-            predictors.append(p)
-        chain = uuid.uuid4().hex
-        path = os.path.join(self.out_dir, AUDIT_DIR, f"chain-{chain}.ndjson")
-        keys = load_keys(self.spec.key_dir, len(predictors)) if self.spec.key_dir else None
-        self.stage = Validators(predictors, self.spec.config(), audit_path=path, chain_id=chain, keys=keys)
+        self.stage = self.spec.build(self.out_dir)
 
     def process(self, element, order=beam.DoFn.StateParam(ORDER)):
         _, rows = element
@@ -78,7 +84,7 @@ class ConsensusFn(beam.DoFn):
         by_vid = {}
         requests = []
         for row in rows:
-            req = _request(row, self.spec.bands)
+            req = request(row, self.spec.bands)
             by_vid.setdefault(req.vid, row)
             requests.append(req)
         committed, disputed = self.stage.process(requests)

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from pipelines.beam.consensus import ConsensusSpec
+from pipelines.beam.consensus import INPUTS, ConsensusSpec, request
 from pipelines.beam.predict import PREDICTION_ROW
 from pipelines.beam.transforms import write_pane
 from pipelines.flink.assemble import fresh_count, window_snapshot
@@ -73,7 +73,7 @@ class WindowStage:
             self.predictor = spec.predictor.build()
             self.predictor.load_model()
         if spec.consensus is not None:
-            self.validators = _validators(spec.consensus, spec.out_dir)
+            self.validators = spec.consensus.build(spec.out_dir)
         if spec.graph is not None:
             self.sink = GraphSink(replace(spec.graph, state_key=f"flink-{os.getpid()}-{id(self)}")).open()
         if spec.extractor is not None:
@@ -144,7 +144,8 @@ class WindowStage:
                "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
                "predictor": self.predictor.describe(), "certificate": None}
         if self.validators is not None:
-            committed, disputed = self.validators.process([_request(row, x, dt, self.spec.consensus)])
+            committed, disputed = self.validators.process([request({**row, INPUTS: (x, dt)},
+                                                                   self.spec.consensus.bands)])
             if disputed:
                 d = disputed[0]
                 ledger["disputed"] = True
@@ -177,31 +178,4 @@ def _warm_up(extractor: FeatureExtractor, slide_s: float) -> None:
             _, recent = next_row(extractor, recent, extractor.window(snap), slide_s)
     except Exception:  # noqa: BLE001 - only a warm-up: the real windows report their own errors
         pass
-
-
-def _validators(spec: ConsensusSpec, out_dir: str):
-    import uuid
-
-    from pipelines.consensus.audit import AUDIT_DIR
-    from pipelines.consensus.stage import ConsensusStage
-
-    predictors = []
-    for s in spec.backends:
-        p = s.build()
-        p.load_model()
-        predictors.append(p)
-    chain = uuid.uuid4().hex
-    return ConsensusStage(predictors, spec.config(), audit_path=os.path.join(out_dir, AUDIT_DIR,
-                                                                             f"chain-{chain}.ndjson"),
-                          chain_id=chain)
-
-
-def _request(row: dict, x: np.ndarray, dt: np.ndarray, spec: ConsensusSpec):
-    from pipelines.consensus.crypto import digest_arrays
-    from pipelines.consensus.messages import Request, Verdict
-
-    p = row["probability"]
-    v = Verdict(row["tenant"], row["window_start"], row["window_end"], 0, p, spec.bands.band(p),
-                digest_arrays(x, dt))
-    return Request(v, x, dt)
 
