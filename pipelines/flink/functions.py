@@ -24,9 +24,8 @@ def _ms(ts: datetime) -> int:
 
 
 def element(row) -> tuple:
-    """A window-chunk row of the combined query -> (tenant, start ms, end ms, packed records)
-    with ``"w"`` in front."""
-    return "w", row["tenant"], _ms(row["window_start"]), _ms(row["window_end"]), list(row["recs"])
+    """A window-chunk row of the combined query -> (tenant, start ms, end ms, packed records)."""
+    return row["tenant"], _ms(row["window_start"]), _ms(row["window_end"]), list(row["recs"])
 
 
 def dead_letter_json(row) -> str:
@@ -66,20 +65,20 @@ class TenantWindows(KeyedProcessFunction):
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
         self.rows.add(value)
-        ctx.timer_service().register_event_time_timer(value[3] - 1)
+        ctx.timer_service().register_event_time_timer(value[2] - 1)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         end = timestamp + 1
         mine, rest = [], []
         for v in self.rows.get() or []:
-            (mine if v[3] == end else rest).append(v)
+            (mine if v[2] == end else rest).append(v)
         self.rows.clear()
         if rest:
             self.rows.add_all(rest)
         if not mine:
             return
         state = self.state.value() or TenantState()
-        recs = [r for v in mine for r in v[4]]
-        ledger = self.stage.process(ctx.get_current_key(), mine[0][2], end, recs, state)
+        recs = [r for v in mine for r in v[3]]
+        ledger = self.stage.process(ctx.get_current_key(), mine[0][1], end, recs, state)
         self.state.update(state)
         yield orjson.dumps({k: ledger[k] for k in ("tenant", "window_start", "n_fresh")}).decode()

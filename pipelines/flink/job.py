@@ -137,7 +137,7 @@ def build(spec: FlinkSpec):
         t_env.execute_sql(stmt)
     rows = t_env.to_data_stream(t_env.sql_query(sql.combined_query(s)))
     windows = (_kind(rows, "w").map(element, Types.PICKLED_BYTE_ARRAY())
-               .key_by(lambda v: v[1], key_type=Types.STRING())
+               .key_by(lambda v: v[0], key_type=Types.STRING())
                .process(TenantWindows(spec.stage), Types.STRING()).name("TenantWindows"))
     windows.filter(lambda _: False).print()  # outputs are files; this only terminates the graph
     dead = _kind(rows, "d").map(dead_letter_json, Types.STRING())

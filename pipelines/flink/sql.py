@@ -108,9 +108,6 @@ def _interval(ms: int) -> str:
     return f"INTERVAL '{ms // 1000}.{ms % 1000:03d}' SECOND"
 
 
-COLUMNS = ("kind", "tenant", "window_start", "window_end", "recs", "line", "path", "late")
-
-
 def combined_query(spec: SqlSpec) -> str:
     """One query, so the landing directory is read once and every row sees one watermark:
     ``w`` rows per (tenant, chunk, window) - the packed records (in no particular order;
