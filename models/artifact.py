@@ -23,7 +23,7 @@ TRITON_MODEL_DIR = os.path.join(ROOT, "triton_repo", "cascade_cfc", "1")
 
 def save_checkpoint(path: str, model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str,
                     metrics: dict) -> None:
-    torch.save({"state_dict": model.state_dict(), "n_features": int(model.mean.shape[1]),
+    torch.save({"state_dict": model.state_dict(), "n_features": int(model.mean.shape[-1]),
                 "hidden": model.hidden, "seq_len": seq_len, "horizon_s": horizon_s,
                 "data_hash": data_hash, "metrics": metrics}, path)
 

@@ -20,7 +20,7 @@ INPUTS, OUTPUT = ("features", "dt"), "probability"
 def export_onnx(model: CascadeCfC, seq_len: int, path: str) -> None:
     """Unrolled over ``seq_len`` steps; the batch dimension is dynamic."""
     model.eval()
-    n_features = model.mean.shape[1]
+    n_features = model.mean.shape[-1]
     example = (torch.zeros(2, seq_len, n_features), torch.full((2, seq_len), 10.0))
     tmp = path + ".tmp"
     torch.onnx.export(model, example, tmp, opset_version=OPSET, input_names=list(INPUTS),
@@ -37,7 +37,7 @@ def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, 
     return {
         "model": "cascade_cfc", "framework": "ncps CfC (torch), exported to ONNX",
         "opset": OPSET, "ir_version": IR_VERSION, "inputs": {
-            "features": {"shape": ["batch", seq_len, int(model.mean.shape[1])], "dtype": "float32"},
+            "features": {"shape": ["batch", seq_len, int(model.mean.shape[-1])], "dtype": "float32"},
             "dt": {"shape": ["batch", seq_len], "dtype": "float32",
                    "meaning": "seconds since the previous window (0 for padding)"}},
         "output": {"name": OUTPUT, "shape": ["batch", 1],
@@ -45,8 +45,9 @@ def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, 
         "feature_schema_version": FEATURES_SCHEMA_VERSION,
         "feature_names": FeatureExtractor.names(),
         "normalisation": {"mean": model.mean.numpy().ravel().tolist(),
-                          "std": model.std.numpy().ravel().tolist(),
-                          "note": "applied inside the graph: feed raw feature vectors"},
+                          "inv_std": model.inv_std.numpy().ravel().tolist(),
+                          "note": "(asinh(features) - mean) * inv_std, inside the graph: feed raw "
+                                  "feature vectors"},
         "seq_len": seq_len, "horizon_s": horizon_s, "training_data_sha256": data_hash,
         "metrics": metrics,
     }

@@ -19,10 +19,11 @@ from pipelines.training_data import DatasetConfig, ScenarioWindows, build_datase
 class TrainConfig:
     data: DatasetConfig = field(default_factory=DatasetConfig)
     seq_len: int = 8
-    hidden: int = 32
-    epochs: int = 40
+    hidden: int = 16
+    epochs: int = 15
     batch: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-3
+    weight_decay: float = 0.05
     drop: float = 0.1  # chance each earlier window is missing from a training sequence
     test_fraction: float = 0.25  # scenarios held out for the final metrics
     val_fraction: float = 0.2  # of the remaining scenarios, for choosing the epoch
@@ -80,9 +81,10 @@ def train(cfg: TrainConfig, data: list[ScenarioWindows] | None = None, log=print
     x_va, dt_va, y_va, _ = build_sequences(pick(va), cfg.seq_len)
     x_te, dt_te, y_te, _ = build_sequences(pick(te), cfg.seq_len)
     flat = x_tr[:, -1, :]
-    mean, std = flat.mean(axis=0), flat.std(axis=0) + 1e-6
-    model = CascadeCfC(x_tr.shape[2], torch.from_numpy(mean), torch.from_numpy(std), cfg.hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    squashed = np.arcsinh(flat)  # the model's own preprocessing (models/cfc.py)
+    model = CascadeCfC(x_tr.shape[2], torch.from_numpy(squashed.mean(axis=0)),
+                       torch.from_numpy(squashed.std(axis=0)), cfg.hidden)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCELoss()
     best, best_state, rng = -1.0, None, np.random.default_rng(cfg.seed)
     for _ in range(cfg.epochs):
@@ -100,6 +102,7 @@ def train(cfg: TrainConfig, data: list[ScenarioWindows] | None = None, log=print
             best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     # the baseline: logistic regression on the same (last-window, standardised) features
+    mean, std = flat.mean(axis=0), flat.std(axis=0) + 1e-6
     lr = LogisticRegression(max_iter=3000, C=0.5).fit((flat - mean) / std, y_tr)
     lr_p = lr.predict_proba((x_te[:, -1, :] - mean) / std)[:, 1]
     metrics = {

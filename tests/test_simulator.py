@@ -211,3 +211,22 @@ def test_tick_records_are_the_tick_table():
             row["ts"] = row["ts"].timestamp()
             row["event_time"] = row["ts"]
         assert tick_records(sc, epoch_s, tel) == rows
+
+
+def test_trigger_state_follows_the_build_up_and_is_zero_between_triggers():
+    """The ground truth of the label-ceiling benchmark: strength grows linearly over the
+    ramp to the episode's magnitude, growth stops when it holds, nothing acts outside."""
+    sc, _ = run(ScenarioConfig(n_agents=60, duration_s=600, seed=3, severities=(0.5,),
+                               mechanisms=("timeout_propagation",)))
+    ep = sc.episodes[0]
+    names = Scenario.TRIGGER_STATE
+    at = lambda t: dict(zip(names, sc.trigger_state(t)))  # noqa: E731
+    assert not sc.trigger_state(ep.trigger_s - 1.0).any()
+    assert not sc.trigger_state(ep.trigger_end_s + 1.0).any()
+    half, full = at(ep.trigger_s + ep.ramp_s / 2 - 1.0), at(ep.trigger_end_s - 1.0)
+    assert half["trigger_acting"] == 1.0 and half["mechanism_timeout_propagation"] == 1.0
+    assert half["trigger_strength"] == pytest.approx(0.5 * full["trigger_strength"], rel=0.02)
+    assert full["trigger_strength"] == pytest.approx(0.5)  # severity 0.5 of the magnitude range
+    assert half["trigger_growth_per_min"] == pytest.approx(0.5 / ep.ramp_s * 60.0)
+    assert full["trigger_growth_per_min"] == 0.0 and full["trigger_holding"] == 1.0
+    assert half["trigger_age_s"] == pytest.approx(ep.ramp_s / 2 - 1.0)

@@ -213,6 +213,27 @@ class Scenario:
         """The agents the trigger hit directly (excluded when counting the spread)."""
         return [self.agents[i] for i in np.flatnonzero(self._root_mask(ep))]
 
+    TRIGGER_STATE = ("trigger_acting", "trigger_strength", "trigger_growth_per_min", "trigger_age_s",
+                     "trigger_holding", *(f"mechanism_{m}" for m in MECHANISMS))
+
+    def trigger_state(self, t: float) -> np.ndarray:
+        """What the simulator knows at ``t`` (seconds since the start; after ``ticks``) about
+        the acting trigger, in ``TRIGGER_STATE`` order - but not how far it will still grow.
+        Strength is in units of the mechanism's magnitude range (0: no effect), growth per
+        minute in the same units; all zero when no trigger acts. Ground truth for measuring
+        how predictable the labels are (``bench/bench_label_ceiling.py``), never a feature."""
+        out = np.zeros(len(self.TRIGGER_STATE))
+        ep = next((e for e in reversed(self.episodes) if e.start_s <= t), None)
+        if ep is None or not ep.trigger_s <= t < ep.trigger_end_s:
+            return out
+        lo, hi = _MAGNITUDE[ep.mechanism]
+        full = (ep.magnitude - (1.0 if ep.mechanism == "retry_storm" else 0.0)) / (hi - lo)
+        ramp = self._ramp(ep, t)
+        out[:5] = (1.0, full * ramp, full / ep.ramp_s * 60.0 if ramp < 1.0 else 0.0, t - ep.trigger_s,
+                   float(ramp >= 1.0))
+        out[5 + MECHANISMS.index(ep.mechanism)] = 1.0
+        return out
+
     # -- running -------------------------------------------------------------------------
     def ticks(self) -> Iterator[tuple[float, dict[str, np.ndarray]]]:
         """Yield (epoch seconds, telemetry arrays) per tick; fills ``episodes`` as they
