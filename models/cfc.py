@@ -4,9 +4,9 @@ The ncps cell is stepped by hand with each step's real elapsed time (ncps' ``CfC
 ``timespans`` is wrong for batch > 1), so missing or irregular windows are seen as such.
 Preprocessing is part of the module, so the exported graph takes raw feature vectors:
 ``asinh`` (the features have heavy tails: a few windows sit 30-90 standard deviations out),
-standardisation, and each step's change since the step before and three steps before (the
-trend, which the cell alone did not pick up from 2-3k training windows). The head sees the
-cell's state and the last step's inputs.
+then standardisation. The head sees the cell's state, the last step's inputs and their
+change since one and three steps before (the trend, which the cell alone did not pick up
+from a few thousand training windows).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ncps.torch import CfCCell
 from torch import nn
 
 DT_SCALE_S = 10.0  # elapsed time is fed in units of one default window
-LAGS = (1, 3)  # steps back for the change inputs
+LAGS = (1, 3)  # steps back for the head's change inputs
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:
@@ -37,23 +37,15 @@ class CascadeCfC(nn.Module):
         self.register_buffer("mean", mean.reshape(1, 1, n_features).float())
         std = std.reshape(1, 1, n_features).float()
         self.register_buffer("inv_std", torch.where(std > 1e-3, 1.0 / std, torch.zeros_like(std)))
-        width = n_features * (1 + len(LAGS))
-        self.cell = CfCCell(width, hidden, backbone_units=backbone_units, backbone_layers=1)
-        self.head = nn.Linear(hidden + width, 1)
-
-    def inputs(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) raw -> (B, T, F * 3): standardised asinh, and its changes (0 where the
-        sequence has no earlier step)."""
-        z = (_asinh(features) - self.mean) * self.inv_std
-        parts = [z]
-        for k in LAGS:  # z shifted k steps later, the first step repeated in front
-            shifted = torch.cat([z[:, :1].expand(-1, k, -1), z], dim=1)[:, : z.shape[1]]
-            parts.append(z - shifted)
-        return torch.cat(parts, dim=2)
+        self.cell = CfCCell(n_features, hidden, backbone_units=backbone_units, backbone_layers=1)
+        self.head = nn.Linear(hidden + n_features * (1 + len(LAGS)), 1)
 
     def forward(self, features: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        x = self.inputs(features)
+        z = (_asinh(features) - self.mean) * self.inv_std
         h = features.new_zeros(features.shape[0], self.hidden)
         for t in range(features.shape[1]):
-            h, _ = self.cell(x[:, t], h, dt[:, t : t + 1] / DT_SCALE_S)
-        return torch.sigmoid(self.head(torch.cat([h, x[:, -1]], dim=1)))
+            h, _ = self.cell(z[:, t], h, dt[:, t : t + 1] / DT_SCALE_S)
+        last = z[:, -1]
+        # k steps back; the first step where the sequence is shorter (change 0 for 1 window)
+        changes = [last - torch.cat([z[:, :1].expand(-1, k, -1), z], dim=1)[:, -1 - k] for k in LAGS]
+        return torch.sigmoid(self.head(torch.cat([h, last, *changes], dim=1)))

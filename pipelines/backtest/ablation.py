@@ -1,7 +1,7 @@
 """The LNN-without-topology ablation: the committed model's training recipe
 (``models.train.train``, same scenarios, split and hyper-parameters) on the non-topology
 features only, exported to ONNX and cached under the backtest's output directory, keyed by
-a hash of its training data and configuration. torch is imported only to train it; scoring
+a hash of its training data, configuration and the model's code. torch is imported only to train it; scoring
 runs on onnxruntime like the pipeline."""
 
 from __future__ import annotations
@@ -32,6 +32,17 @@ def to_training(data: list[ScenarioWindows], cols: np.ndarray | None = None) -> 
     return out
 
 
+def _model_code() -> str:
+    """Hash of the model and its training code: a changed model retrains the ablation."""
+    import models
+
+    h = hashlib.sha256()
+    for name in ("cfc.py", "train.py", "sequences.py"):
+        with open(os.path.join(os.path.dirname(models.__file__), name), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
 def train_without_topology(fit: list[ScenarioWindows], cols: np.ndarray, train_config: dict, cache_dir: str,
                            log=print) -> str:
     """Model directory (model.onnx + model.json) of the ablation, trained once per key."""
@@ -39,7 +50,8 @@ def train_without_topology(fit: list[ScenarioWindows], cols: np.ndarray, train_c
 
     data = to_training(fit, cols)
     cfg = {k: v for k, v in train_config.items() if k != "data"}
-    key = hashlib.sha256((dataset_hash(data) + json.dumps(cfg, sort_keys=True)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((dataset_hash(data) + json.dumps(cfg, sort_keys=True) + _model_code()).encode()
+                         ).hexdigest()[:16]
     model_dir = os.path.join(cache_dir, f"cfc_no_topology-{key}")
     if os.path.exists(os.path.join(model_dir, "model.onnx")):
         log(f"ablation: cached CfC without topology features ({model_dir})")

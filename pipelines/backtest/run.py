@@ -34,6 +34,7 @@ from pipelines.topology.features import FeatureExtractor
 from pipelines.windowing import WindowSpec
 
 ID, OOD = "in_distribution", "out_of_distribution"
+FIT_SCENARIOS_PER_RUN = 16
 AURA = "aura_cfc"
 
 
@@ -210,16 +211,24 @@ def fit_windows(cfg: BacktestConfig, train_cfg: dict, spec: WindowSpec, extracto
         info = {"cached": True, "events": None, "elapsed_s": 0.0}
     else:
         log(f"fit split: simulating the model's {len(scenarios)} training scenarios through the pipeline")
-        windows = int(sum(sc.duration_s for sc in scenarios) / spec.size_s)
-        res = _run(scenarios, spec, os.path.join(cfg.out, "fit"), extractor, None, None, cfg, "fit", windows)
-        data = assemble(res, res.labels, ds.horizon_s, lambda d: "training")
+        data, events, elapsed, reconciles = [], 0, 0.0, True
+        # a few scenarios per run: the DirectRunner holds a run's windows in memory (96 at
+        # once took more than 22 GB)
+        runs = -(-len(scenarios) // FIT_SCENARIOS_PER_RUN)
+        for r in range(runs):
+            part = scenarios[r * FIT_SCENARIOS_PER_RUN:(r + 1) * FIT_SCENARIOS_PER_RUN]
+            windows = int(sum(sc.duration_s for sc in part) / spec.size_s)
+            res = _run(part, spec, os.path.join(cfg.out, "fit", f"run-{r}"), extractor, None, None, cfg,
+                       f"fit {r + 1}/{runs}", windows)
+            data += assemble(res, res.labels, ds.horizon_s, lambda d: "training")
+            events, elapsed = events + res.read, elapsed + res.elapsed_s
+            reconciles = reconciles and res.reconciles
         order = {sc.tenant: i for i, sc in enumerate(scenarios)}
         data.sort(key=lambda s: order[s.tenant])
         os.makedirs(cache_dir, exist_ok=True)
         if cfg.cache:
             _save_windows(path, data)
-        info = {"cached": False, "events": res.read, "elapsed_s": round(res.elapsed_s, 2),
-                "reconciles": res.reconciles}
+        info = {"cached": False, "events": events, "elapsed_s": round(elapsed, 2), "reconciles": reconciles}
     info["scenarios"] = len(data)
     info["data_sha256"] = dataset_hash(to_training(data))
     return data, info
