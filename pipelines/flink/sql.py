@@ -1,10 +1,10 @@
 """Flink SQL of the Flink job: the landing-directory source, JVM-side parsing and validation,
-the lateness split and one event-time window aggregate per (tenant, chunk, window).
+the lateness split and one event-time window aggregate per (tenant, window).
 
 Parsing and validation on the JVM, once per line: the table function ``parse_telemetry``
 (``pipelines/flink/java``, ``TelemetryParser``) implements the telemetry contract
-(``schemas/telemetry.v1.json``) with one Jackson pass and returns ``ok``, the tenant, a chunk
-number (hash of the agent), the event time in ms and the record packed as bytes. A row that
+(``schemas/telemetry.v1.json``) with one Jackson pass and returns ``ok``, the tenant, the
+event time in ms and the record packed as bytes. A row that
 fails (``ok = FALSE``) goes to Python, where the contract's validator
 (``pipelines.telemetry.parse_line``) names the reason. The parser is stricter than the
 contract only for rare valid forms (integers beyond 64 bits, integral floats for integer
@@ -12,9 +12,9 @@ fields, RFC 3339 forms other than ``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)``, d
 ``schema_version`` other than the integer 1):
 those become dead letters with reason ``unsupported_by_flink_sql``, never silently dropped.
 
-The window aggregate collects the packed records of a (tenant, chunk, window) into one array,
-so Python gets a few rows per (tenant, window) and decodes them with numpy
-(``pipelines.flink.assemble.window_snapshot``).
+The window aggregate collects the packed records of a (tenant, window) into one array, so
+Python gets one row per (tenant, window) (joined on the JVM, ``WindowRows``) and decodes it
+with numpy (``pipelines.flink.assemble.window_snapshot``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class SqlSpec:
     slide_s: float
     out_of_orderness_s: float
     monitor_interval_s: float | None = None  # None: read what is there, then end (bounded)
-    chunks: int = 8  # parts per (tenant, window) handed to Python
 
     @property
     def size_ms(self) -> int:
@@ -77,12 +76,12 @@ CREATE TEMPORARY TABLE landing (
 ) WITH ({with_})"""
 
 
-def parse_query(spec: SqlSpec) -> str:
+def parse_query() -> str:
     """Every line but blank ones (no row from the parser), parsed once: the raw line, its
     file, and the parser's columns."""
     return f"""
-SELECT l.line, l.path, p.ok, p.tenant, p.chunk, p.et_ms, p.rec
-FROM landing AS l, LATERAL TABLE({PARSE}(l.line, {int(spec.chunks)})) AS p"""
+SELECT l.line, l.path, p.ok, p.tenant, p.et_ms, p.rec
+FROM landing AS l, LATERAL TABLE({PARSE}(l.line)) AS p"""
 
 
 # event time of the parsed stream: a row that failed the parse gets 0, so it never moves the
@@ -110,7 +109,7 @@ def _interval(ms: int) -> str:
 
 def combined_query(spec: SqlSpec) -> str:
     """One query, so the landing directory is read once and every row sees one watermark:
-    ``w`` rows per (tenant, chunk, window) - the packed records (in no particular order;
+    ``w`` rows per (tenant, window) - the packed records (in no particular order;
     Python sorts and removes duplicates as ``build_snapshot`` does); ``d`` rows that are not
     windowed - invalid (reason named in Python) or late."""
     hop = (f"TABLE(HOP(TABLE valid, DESCRIPTOR(rowtime), {_interval(spec.slide_ms)}, "
@@ -119,7 +118,7 @@ def combined_query(spec: SqlSpec) -> str:
 SELECT 'w' AS kind, tenant, window_start, window_end, ARRAY_AGG(rec) AS recs,
   CAST(NULL AS BYTES) AS line, CAST(NULL AS STRING) AS path, CAST(NULL AS BOOLEAN) AS late
 FROM {hop}
-GROUP BY tenant, chunk, window_start, window_end
+GROUP BY tenant, window_start, window_end
 UNION ALL
 SELECT 'd' AS kind, '-' AS tenant, CAST(NULL AS TIMESTAMP(3)) AS window_start,
   CAST(NULL AS TIMESTAMP(3)) AS window_end, CAST(NULL AS ARRAY<BYTES>) AS recs, line, path, late

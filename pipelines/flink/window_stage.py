@@ -91,12 +91,13 @@ class WindowStage:
                      {"reason": reason, "detail": detail, "source": f"window {tenant}", "position": start_ms,
                       "raw": json.dumps({"tenant": tenant, "window_start": start_ms / 1000})})
 
-    def process(self, tenant: str, start_ms: int, end_ms: int, recs: list[bytes], state: TenantState) -> dict:
-        """Everything for one window (its packed records, ``assemble``); returns its ledger
-        entry (also written to disk)."""
+    def process(self, tenant: str, start_ms: int, end_ms: int, heads: bytes, meta: bytes,
+                state: TenantState) -> dict:
+        """Everything for one window (its joined packed records, ``assemble``); returns its
+        ledger entry (also written to disk)."""
         closed_at = time.time()
         out = self.spec.out_dir
-        snap, event_times = window_snapshot(tenant, start_ms, end_ms, recs)
+        snap, event_times = window_snapshot(tenant, start_ms, end_ms, heads, meta)
         fresh = fresh_count(event_times, start_ms, self.spec.size_ms, self.spec.slide_ms)
         write_pane(out, "snapshots", tenant, start_ms, 0, snapshots_to_table([snap]))
         ledger = {"tenant": tenant, "window_start": start_ms, "window_end": end_ms,
