@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pipelines.beam.job import RunSummary
 from pipelines.flink import sql, udf
-from pipelines.flink.window_stage import LEDGER, StageSpec
+from pipelines.flink.window_stage import LEDGER, StageSpec, preload
 from pipelines.stream_source import INPUT_SUFFIXES
 
 DEAD_DIR = "deadletter"
@@ -239,6 +239,7 @@ def run(spec: FlinkSpec, log=print) -> RunSummary:
     """Run the job to its end (bounded input) or until max runtime / idle timeout (continuous)."""
     t0 = time.perf_counter()
     os.makedirs(spec.stage.out_dir, exist_ok=True)
+    preload(spec.stage)
     env = build(spec)
     if not spec.continuous:
         env.execute("aura-flink")
