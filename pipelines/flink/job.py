@@ -129,7 +129,6 @@ def build(spec: FlinkSpec):
     # time and watermark on the parsed rows
     parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query()))
     t_env.create_temporary_view("parsed_raw", t_env.from_data_stream(parsed, Schema.new_builder()
-                                .column_by_expression("rowtime", sql.ROWTIME)
                                 .watermark("rowtime", f"rowtime - {s.watermark_lag}").build()))
     for stmt in (sql.lateness_view(s, "parsed_raw"), sql.valid_view()):
         t_env.execute_sql(stmt)

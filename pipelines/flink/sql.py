@@ -64,7 +64,7 @@ def function_ddl(class_name: str) -> str:
 def source_ddl(spec: SqlSpec) -> str:
     """The landing directory as a table of raw lines, as bytes (as Beam reads them; no
     decoding on the JVM) and without event time yet: it comes from the parse, and the
-    watermark is declared on the parsed stream (``ROWTIME``)."""
+    watermark is declared on the parsed stream (``parse_query``)."""
     opts = {"connector": "filesystem", "path": spec.path, "format": "raw"}
     if spec.monitor_interval_s is not None:
         opts["source.monitor-interval"] = f"{int(round(spec.monitor_interval_s * 1000))} ms"
@@ -78,15 +78,12 @@ CREATE TEMPORARY TABLE landing (
 
 def parse_query() -> str:
     """Every line but blank ones (no row from the parser), parsed once: the raw line, its
-    file, and the parser's columns."""
+    file, the parser's columns and ``rowtime``, the event time the watermark is declared on
+    (a row that failed the parse gets 0, so it never moves the watermark). Computed here, so
+    that declaring the watermark needs no projection that copies every row."""
     return f"""
-SELECT l.line, l.path, p.ok, p.tenant, p.et_ms, p.rec
+SELECT l.line, l.path, p.ok, p.tenant, p.et_ms, p.rec, TO_TIMESTAMP_LTZ(COALESCE(p.et_ms, 0), 3) AS rowtime
 FROM landing AS l, LATERAL TABLE({PARSE}(l.line)) AS p"""
-
-
-# event time of the parsed stream: a row that failed the parse gets 0, so it never moves the
-# watermark
-ROWTIME = "TO_TIMESTAMP_LTZ(COALESCE(et_ms, 0), 3)"
 
 
 def lateness_view(spec: SqlSpec, table: str) -> str:
