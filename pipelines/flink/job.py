@@ -5,10 +5,14 @@ with ``monitor_interval_s``), parses and validates each line once on the JVM wit
 project's Java table function (``pipelines.flink.udf``, built from ``pipelines/flink/java``
 and added with ``pipeline.jars``), assigns event-time windows with a
 bounded-out-of-orderness watermark and collects each (tenant, window)'s packed records in
-a few chunk rows. Python gets those rows keyed by tenant (``TenantWindows``: buffer and
-sequence state in Flink keyed state, checkpointed), decodes them with numpy and does
-snapshot, features, prediction, consensus and the graph sink. Rows the SQL does not
-window become dead letters through an exactly-once FileSink.
+one row, emitted once the watermark passes the window's end. On the JVM, ``WindowRows``
+joins the row's records into two byte arrays and keys it by tenant, so each closed window
+crosses into Python once, as one element: ``TenantWindows`` processes it on arrival (no
+buffering, no timers; the tenant's sequence state is Flink keyed state, checkpointed),
+decodes it with numpy and does snapshot, features, prediction, consensus and the graph
+sink. Rows the SQL does not window become dead letters through an exactly-once FileSink.
+A local run's Python operators run in the driver's process (PyFlink loopback), so the
+driver imports the stage's libraries before the job starts (``window_stage.preload``).
 
 Parallelism: the Python stage (the heavy part) runs at ``parallelism``, keyed by tenant.
 Reading a landing directory, the SQL part runs at parallelism 1: several readers would
