@@ -138,7 +138,8 @@ def build(spec: FlinkSpec):
         t_env.execute_sql(stmt)
     rows = t_env.to_data_stream(t_env.sql_query(sql.combined_query(s)))
     done = _tenant_windows(_kind(rows, "w")).process(TenantWindows(spec.stage), Types.STRING())
-    _discard(done.name("TenantWindows"))  # outputs are files; this only terminates the graph
+    # explicitly: after a SQL part at parallelism 1, DataStream operators would inherit it
+    _discard(done.name("TenantWindows").set_parallelism(spec.parallelism))  # outputs are files
     dead = _kind(rows, "d").map(dead_letter_json, Types.STRING())
     dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
     sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
