@@ -172,7 +172,7 @@ def test_flink_window_stage_signs_with_the_persistent_keys(tmp_path, capsys):
     import random
 
     from pipelines.beam.consensus import ConsensusSpec
-    from pipelines.flink.assemble import pack
+    from pipelines.flink.assemble import join, pack
     from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
     from pipelines.inference import PredictorSpec
     from pipelines.topology.features import FeatureExtractor
@@ -188,8 +188,8 @@ def test_flink_window_stage_signs_with_the_persistent_keys(tmp_path, capsys):
     state = TenantState()
     for k in range(3):
         start = int(T0 * 1000) + k * 10_000
-        window = [pack(r) for r in recs if start <= r["event_time"] * 1000 < start + 10_000]
-        assert stage.process("acme", start, start + 10_000, window, state)["committed"]
+        window = join([pack(r) for r in recs if start <= r["event_time"] * 1000 < start + 10_000])
+        assert stage.process("acme", start, start + 10_000, *window, state)["committed"]
     stage.close()
     capsys.readouterr()
     assert main(["audit", "verify", out, "--committee", keys]) == 0

@@ -1,5 +1,5 @@
 """The Flink adapter's window assembly (no Flink needed): the packed records of a window, in
-any order and split into any chunks, give the same WindowSnapshot as ``build_snapshot`` over
+any order and joined as the JVM joins them, give the same WindowSnapshot as ``build_snapshot`` over
 the records, duplicates included; each record counts once over overlapping windows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from pipelines.flink.assemble import fresh_count, pack, unpack, window_snapshot
+from pipelines.flink.assemble import fresh_count, join, pack, unpack, window_snapshot
 from pipelines.windowing import WindowSpec, build_snapshot
 from schemas.arrow import METRICS
 from tests.conftest import T0
@@ -28,7 +28,7 @@ def test_pack_round_trip_keeps_every_bit_and_the_calls():
     rng = random.Random(3)
     recs = random_records(rng, 30)
     recs[0]["agent_id"] = 'quote " back \\ ctrl \x01 ü 😀'
-    et, values, meta = unpack([pack(r) for r in recs])
+    et, values, meta = unpack(*join([pack(r) for r in recs]))
     assert et.tolist() == [r["event_time"] for r in recs]
     assert values.tolist() == [[float(r[m]) for m in METRICS] for r in recs]
     assert meta == [[r["agent_id"], r["calls"]] for r in recs]
@@ -44,7 +44,7 @@ def test_assembled_window_equals_build_snapshot(seed):
     recs.append(twin)  # same (agent, ts) and metrics, other calls: the tie is broken on the calls
     packed = [pack(r) for r in recs]
     rng.shuffle(packed)
-    got, et = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), packed)
+    got, et = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), *join(packed))
     _assert_same(got, build_snapshot("acme", T0, T0 + 10, recs))
     assert got.n_duplicates >= 9 and sorted(et.tolist()) == sorted(r["event_time"] for r in recs)
 
@@ -55,7 +55,8 @@ def test_assembled_window_without_duplicates():
     for r in random_records(rng, 200, tenants=("acme",)):
         if r["event_time"] < T0 + 10:
             recs.setdefault((r["agent_id"], r["event_time"]), r)
-    got, _ = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), [pack(r) for r in recs.values()])
+    got, _ = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000),
+                             *join([pack(r) for r in recs.values()]))
     _assert_same(got, build_snapshot("acme", T0, T0 + 10, list(recs.values())))
     assert got.n_duplicates == 0 and len(got.edge_src) > 0
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.flink.assemble import unpack
+from pipelines.flink.assemble import join, unpack
 from pipelines.telemetry import DeadLetter, parse_line
 from schemas.arrow import METRICS
 from tests.conftest import line, record
@@ -36,15 +36,18 @@ def java_parse():
 
     cp = os.pathsep.join([udf.jar_path(), *udf.classpath()])
 
-    def run(lines: list[bytes]) -> list[dict]:
+    def run(lines: list[bytes], *args: str) -> list[dict]:
         assert all(b"\n" not in x for x in lines)
-        out = subprocess.run(["java", "-cp", cp, udf.PARSE_MAIN], input=b"\n".join(lines) + b"\n",
+        out = subprocess.run(["java", "-cp", cp, udf.PARSE_MAIN, *args], input=b"\n".join(lines) + b"\n",
                              capture_output=True, check=True, timeout=120)
         got = [json.loads(x) for x in out.stdout.decode().split("\n")[:-1]]  # not splitlines: U+2028
-        assert len(got) == len(lines)
+        assert len(got) == len(lines) + len(args)
         return got
 
     return run
+
+
+T0_MS = 1_767_225_600_000  # 2026-01-01T00:00Z, the window ParseMain joins
 
 
 def _bits(x: float) -> int:
@@ -62,7 +65,7 @@ def assert_same(raw: bytes, got: dict) -> None:
     assert got["et_bits"] == _bits(want["event_time"]), raw
     assert got["et_ms"] == math.floor(want["event_time"] * 1000)
     assert got["metric_bits"] == [_bits(float(want[m])) for m in METRICS], raw
-    et, values, meta = unpack([base64.b64decode(got["packed"])])
+    et, values, meta = unpack(*join([base64.b64decode(got["packed"])]))
     assert _bits(float(et[0])) == _bits(want["event_time"])
     assert [_bits(float(v)) for v in values[0]] == [_bits(float(want[m])) for m in METRICS]
     assert meta == [[want["agent_id"], want["calls"]]]
@@ -140,6 +143,16 @@ def test_valid_records_are_accepted_with_the_same_values(java_parse):
         assert not isinstance(parse_line(raw, "t", 1), DeadLetter), raw
         assert g["ok"], raw
         assert_same(raw, g)
+
+
+def test_a_window_is_joined_on_the_jvm_as_assemble_joins_it(java_parse):
+    *got, joined = java_parse(VALID + [b"{not json"], "join")
+    packed = [base64.b64decode(g["packed"]) for g in got if g.get("ok")]
+    assert len(packed) == len(VALID)
+    heads, meta = join(packed)
+    assert (joined["key"], joined["start"], joined["end"]) == ("t", T0_MS, T0_MS + 10_000)
+    assert (base64.b64decode(joined["heads"]), base64.b64decode(joined["meta"])) == (heads, meta)
+    assert java_parse([b""], "join")[1]["meta"] == base64.b64encode(b"[]").decode()  # an empty window
 
 
 def test_invalid_records_are_rejected(java_parse):

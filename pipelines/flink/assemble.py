@@ -2,7 +2,9 @@
 
 Pure numpy and orjson, no Flink imports. A packed record (``TelemetryParser.pack`` on the
 JVM) is the event time and the 8 metrics as little-endian doubles, then UTF-8 JSON
-``[agent_id, calls]`` with the calls exactly as written in the input line. The result equals
+``[agent_id, calls]`` with the calls exactly as written in the input line. The JVM
+(``WindowRows``) hands a window over joined: the records' doubles back to back (``heads``)
+and one JSON array of their ``[agent_id, calls]`` parts (``meta``). The result equals
 ``build_snapshot`` over the window's records: samples sorted by (agent, time), a repeated
 (agent, time) kept once (the smallest by content, as ``build_snapshot`` breaks ties), calls
 of the samples kept summed per edge.
@@ -15,6 +17,7 @@ import struct
 from collections.abc import Sequence
 from contextlib import contextmanager
 from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 import orjson
@@ -32,11 +35,15 @@ def pack(record: dict) -> bytes:
     return head + b"[" + orjson.dumps(record["agent_id"]) + b"," + orjson.dumps(record["calls"]) + b"]"
 
 
-def unpack(recs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, list]:
-    """(event times (K,), metric values (K, M), [agent_id, calls] per record)."""
-    nums = np.frombuffer(b"".join([r[:HEAD] for r in recs]), dtype="<f8").reshape(-1, 1 + len(METRICS))
-    meta = orjson.loads(b"[" + b",".join([r[HEAD:] for r in recs]) + b"]")
-    return nums[:, 0].astype(np.float64), nums[:, 1:].astype(np.float64), meta
+def join(recs: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """Packed records joined as the JVM's ``WindowRows`` joins a window's (tests, tools)."""
+    return b"".join([r[:HEAD] for r in recs]), b"[" + b",".join([r[HEAD:] for r in recs]) + b"]"
+
+
+def unpack(heads: bytes, meta: bytes) -> tuple[np.ndarray, np.ndarray, list]:
+    """A joined window -> (event times (K,), metric values (K, M), [agent_id, calls] per record)."""
+    nums = np.frombuffer(heads, dtype="<f8").reshape(-1, 1 + len(METRICS))
+    return nums[:, 0].astype(np.float64), nums[:, 1:].astype(np.float64), orjson.loads(meta)
 
 
 def fresh_count(event_times: np.ndarray, window_start_ms: int, size_ms: int, slide_ms: int) -> int:
@@ -77,34 +84,35 @@ def _no_gc():
             gc.enable()
 
 
-def window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int,
-                    recs: Sequence[bytes]) -> tuple[WindowSnapshot, np.ndarray]:
-    """The WindowSnapshot of one (tenant, window) and the event times of all its records."""
+def window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int, heads: bytes,
+                    meta: bytes) -> tuple[WindowSnapshot, np.ndarray]:
+    """The WindowSnapshot of one (tenant, window) (joined records) and the event times of all
+    its records."""
     with _no_gc():
-        return _window_snapshot(tenant, window_start_ms, window_end_ms, recs)
+        return _window_snapshot(tenant, window_start_ms, window_end_ms, *unpack(heads, meta))
 
 
-def _window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int,
-                     recs: Sequence[bytes]) -> tuple[WindowSnapshot, np.ndarray]:
-    et, values, meta = unpack(recs)
-    agents = sorted({m[0] for m in meta})
+def _window_snapshot(tenant: str, window_start_ms: int, window_end_ms: int, et: np.ndarray,
+                     values: np.ndarray, meta: list) -> tuple[WindowSnapshot, np.ndarray]:
+    # map/itemgetter rather than generator expressions: a window has ~10^4-10^5 records
+    agent_of, calls_of = list(map(itemgetter(0), meta)), list(map(itemgetter(1), meta))
+    agents = sorted(set(agent_of))
     first = {a: i for i, a in enumerate(agents)}
-    agent_idx = np.fromiter((first[m[0]] for m in meta), np.int64, len(meta))
+    agent_idx = np.fromiter(map(first.__getitem__, agent_of), np.int64, len(meta))
     kept = _kept(agent_idx, et, values, meta)
-    kept_list = kept.tolist()
-    calls = list(chain.from_iterable(meta[k][1] for k in kept_list))  # in sample order
-    dsts = [c["dst"] for c in calls]
+    kept_calls = list(map(calls_of.__getitem__, kept.tolist()))
+    calls = list(chain.from_iterable(kept_calls))  # in sample order
+    dsts = list(map(itemgetter("dst"), calls))
     names = sorted(set(agents).union(dsts))
     index = {a: i for i, a in enumerate(names)}
-    sample_agent = np.fromiter((index[a] for a in agents), np.int32, len(agents))[agent_idx[kept]]
-    n_calls = np.fromiter((len(meta[k][1]) for k in kept_list), np.int64, len(kept_list))
+    sample_agent = np.fromiter(map(index.__getitem__, agents), np.int32, len(agents))[agent_idx[kept]]
     table = np.empty((len(calls), 5))
-    table[:, 0] = np.repeat(sample_agent, n_calls)
-    table[:, 1] = np.fromiter((index[d] for d in dsts), np.int64, len(dsts))
-    for col, key in ((2, "count"), (3, "errors"), (4, "latency_ms")):
-        table[:, col] = np.fromiter((c[key] for c in calls), np.float64, len(calls))
+    table[:, 0] = np.repeat(sample_agent, np.fromiter(map(len, kept_calls), np.int64, len(kept_calls)))
+    table[:, 1] = np.fromiter(map(index.__getitem__, dsts), np.int64, len(dsts))
+    if calls:
+        table[:, 2:] = np.array(list(map(itemgetter("count", "errors", "latency_ms"), calls)), np.float64)
     start = window_start_ms / 1000
     snap = snapshot_from_arrays(tenant, start, window_end_ms / 1000, names, sample_agent, et[kept] - start,
-                                values[kept], table, len(recs), len(recs) - len(kept))
+                                values[kept], table, len(meta), len(meta) - len(kept))
     return snap, et
 

@@ -1,31 +1,17 @@
-"""PyFlink functions of the Flink job: row conversion, the per-tenant keyed window function
-(its buffer and sequence state are Flink keyed state, so they are checkpointed), and the
-dead-letter formatter."""
+"""PyFlink functions of the Flink job: the per-tenant keyed window function (its sequence
+state is Flink keyed state, so it is checkpointed) and the dead-letter formatter."""
 
 from __future__ import annotations
-
-from datetime import datetime, timedelta
 
 import orjson
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ValueStateDescriptor
 
 from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
 from pipelines.telemetry import LATE, DeadLetter, parse_line
 
 UNSUPPORTED = "unsupported_by_flink_sql"
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _ms(ts: datetime) -> int:
-    """Epoch ms of a window bound (Flink hands TIMESTAMP(3) in UTC as a naive datetime)."""
-    return (ts.replace(tzinfo=None) - _EPOCH) // timedelta(milliseconds=1)
-
-
-def element(row) -> tuple:
-    """A window-chunk row of the combined query -> (tenant, start ms, end ms, packed records)."""
-    return row["tenant"], _ms(row["window_start"]), _ms(row["window_end"]), list(row["recs"])
 
 
 def dead_letter_json(row) -> str:
@@ -45,17 +31,16 @@ def dead_letter_json(row) -> str:
 
 
 class TenantWindows(KeyedProcessFunction):
-    """Keyed by tenant: buffers a window's chunks (a few per window) until the watermark
-    passes its end (an event-time timer), then runs ``WindowStage`` with the tenant's
-    sequence state."""
+    """Keyed by tenant (on the JVM): each element is one closed window, (start ms, end ms,
+    heads, meta) from ``WindowRows``. The SQL window aggregate emits a window once the
+    watermark has passed its end, one row per (tenant, window), in window order, so it is
+    processed on arrival with the tenant's sequence state (Flink keyed state, checkpointed)."""
 
     def __init__(self, spec: StageSpec):
         self.spec = spec
 
     def open(self, runtime_context: RuntimeContext):
-        pickled = Types.PICKLED_BYTE_ARRAY()
-        self.rows = runtime_context.get_list_state(ListStateDescriptor("rows", pickled))
-        self.state = runtime_context.get_state(ValueStateDescriptor("sequence", pickled))
+        self.state = runtime_context.get_state(ValueStateDescriptor("sequence", Types.PICKLED_BYTE_ARRAY()))
         self.stage = WindowStage(self.spec)
 
     def close(self):
@@ -64,21 +49,7 @@ class TenantWindows(KeyedProcessFunction):
             stage.close()
 
     def process_element(self, value, ctx: KeyedProcessFunction.Context):
-        self.rows.add(value)
-        ctx.timer_service().register_event_time_timer(value[2] - 1)
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
-        end = timestamp + 1
-        mine, rest = [], []
-        for v in self.rows.get() or []:
-            (mine if v[2] == end else rest).append(v)
-        self.rows.clear()
-        if rest:
-            self.rows.add_all(rest)
-        if not mine:
-            return
+        start, end, heads, meta = value
         state = self.state.value() or TenantState()
-        recs = [r for v in mine for r in v[3]]
-        ledger = self.stage.process(ctx.get_current_key(), mine[0][1], end, recs, state)
-        self.state.update(state)
-        yield orjson.dumps({k: ledger[k] for k in ("tenant", "window_start", "n_fresh")}).decode()
+        self.stage.process(ctx.get_current_key(), start, end, heads, meta, state)
+        self.state.update(state)  # nothing is emitted: the outputs are files

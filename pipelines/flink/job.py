@@ -5,10 +5,14 @@ with ``monitor_interval_s``), parses and validates each line once on the JVM wit
 project's Java table function (``pipelines.flink.udf``, built from ``pipelines/flink/java``
 and added with ``pipeline.jars``), assigns event-time windows with a
 bounded-out-of-orderness watermark and collects each (tenant, window)'s packed records in
-a few chunk rows. Python gets those rows keyed by tenant (``TenantWindows``: buffer and
-sequence state in Flink keyed state, checkpointed), decodes them with numpy and does
-snapshot, features, prediction, consensus and the graph sink. Rows the SQL does not
-window become dead letters through an exactly-once FileSink.
+one row, emitted once the watermark passes the window's end. On the JVM, ``WindowRows``
+joins the row's records into two byte arrays and keys it by tenant, so each closed window
+crosses into Python once, as one element: ``TenantWindows`` processes it on arrival (no
+buffering, no timers; the tenant's sequence state is Flink keyed state, checkpointed),
+decodes it with numpy and does snapshot, features, prediction, consensus and the graph
+sink. Rows the SQL does not window become dead letters through an exactly-once FileSink.
+A local run's Python operators run in the driver's process (PyFlink loopback), so the
+driver imports the stage's libraries before the job starts (``window_stage.preload``).
 
 Parallelism: the Python stage (the heavy part) runs at ``parallelism``, keyed by tenant.
 Reading a landing directory, the SQL part runs at parallelism 1: several readers would
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 
 from pipelines.beam.job import RunSummary
 from pipelines.flink import sql, udf
-from pipelines.flink.window_stage import LEDGER, StageSpec
+from pipelines.flink.window_stage import LEDGER, StageSpec, preload
 from pipelines.stream_source import INPUT_SUFFIXES
 
 DEAD_DIR = "deadletter"
@@ -60,12 +64,10 @@ class FlinkSpec:
     restore_from: str | None = None  # a chk-* (or savepoint) directory
     max_runtime_s: float | None = None  # continuous: cancel after this long
     idle_timeout_s: float | None = None  # continuous: cancel after this long without a new window
-    chunks: int = 8  # parts per (tenant, window) handed from the SQL to Python
 
     def sql_spec(self) -> sql.SqlSpec:
         return sql.SqlSpec(os.path.abspath(self.source), self.size_s, self.slide_s or self.size_s,
-                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None,
-                           self.chunks)
+                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None)
 
 
 def _uri(path: str) -> str:
@@ -121,7 +123,7 @@ def build(spec: FlinkSpec):
     )
     from pyflink.table import Schema
 
-    from pipelines.flink.functions import TenantWindows, dead_letter_json, element
+    from pipelines.flink.functions import TenantWindows, dead_letter_json
 
     env, t_env = environment(spec)
     s = spec.sql_spec()
@@ -129,17 +131,15 @@ def build(spec: FlinkSpec):
     t_env.execute_sql(sql.source_ddl(s))
     # parse once, on the JVM; through a DataStream (JVM only) and back, to declare the event
     # time and watermark on the parsed rows
-    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query(s)))
+    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query()))
     t_env.create_temporary_view("parsed_raw", t_env.from_data_stream(parsed, Schema.new_builder()
-                                .column_by_expression("rowtime", sql.ROWTIME)
                                 .watermark("rowtime", f"rowtime - {s.watermark_lag}").build()))
     for stmt in (sql.lateness_view(s, "parsed_raw"), sql.valid_view()):
         t_env.execute_sql(stmt)
     rows = t_env.to_data_stream(t_env.sql_query(sql.combined_query(s)))
-    windows = (_kind(rows, "w").map(element, Types.PICKLED_BYTE_ARRAY())
-               .key_by(lambda v: v[0], key_type=Types.STRING())
-               .process(TenantWindows(spec.stage), Types.STRING()).name("TenantWindows"))
-    windows.filter(lambda _: False).print()  # outputs are files; this only terminates the graph
+    done = _tenant_windows(_kind(rows, "w")).process(TenantWindows(spec.stage), Types.STRING())
+    # explicitly: after a SQL part at parallelism 1, DataStream operators would inherit it
+    _discard(done.name("TenantWindows").set_parallelism(spec.parallelism))  # outputs are files
     dead = _kind(rows, "d").map(dead_letter_json, Types.STRING())
     dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
     sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
@@ -151,8 +151,34 @@ def build(spec: FlinkSpec):
     return env
 
 
+def _tenant_windows(windows):
+    """Window rows keyed by tenant on the JVM: ``WindowRows`` joins each window's records and
+    keys it, PyFlink's own key extractor (``KeyByKeySelector``) takes the key, so the rows
+    cross into Python once, at ``TenantWindows`` (``key_by`` would add a Python operator)."""
+    from pyflink.common import Types
+    from pyflink.datastream import DataStream, KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    value = Types.ROW([Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+                       Types.PRIMITIVE_ARRAY(Types.BYTE())])  # start ms, end ms, heads, meta
+    j_keyed = (windows._j_data_stream.map(jvm.aura.flink.WindowRows(),
+                                          Types.ROW([Types.STRING(), value]).get_java_type_info())
+               .name("WindowRows"))
+    key = Types.ROW([Types.STRING()]).get_java_type_info()
+    return KeyedStream(j_keyed.keyBy(jvm.KeyByKeySelector(), key), value, DataStream(j_keyed))
+
+
+def _discard(stream) -> None:
+    """A JVM sink that drops everything (no Python operator just to end the graph)."""
+    from pyflink.java_gateway import get_gateway
+
+    j_sink = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
+    stream._j_data_stream.sinkTo(j_sink).name("Discard")
+
+
 def _kind(rows, kind: str):
-    """The rows of one kind (``w`` window chunks, ``d`` dead letters), split on the JVM
+    """The rows of one kind (``w`` windows, ``d`` dead letters), split on the JVM
     (``KindFilter``), so each Python operator receives only its own rows."""
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
@@ -217,6 +243,7 @@ def run(spec: FlinkSpec, log=print) -> RunSummary:
     """Run the job to its end (bounded input) or until max runtime / idle timeout (continuous)."""
     t0 = time.perf_counter()
     os.makedirs(spec.stage.out_dir, exist_ok=True)
+    preload(spec.stage)
     env = build(spec)
     if not spec.continuous:
         env.execute("aura-flink")

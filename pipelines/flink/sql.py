@@ -1,10 +1,10 @@
 """Flink SQL of the Flink job: the landing-directory source, JVM-side parsing and validation,
-the lateness split and one event-time window aggregate per (tenant, chunk, window).
+the lateness split and one event-time window aggregate per (tenant, window).
 
 Parsing and validation on the JVM, once per line: the table function ``parse_telemetry``
 (``pipelines/flink/java``, ``TelemetryParser``) implements the telemetry contract
-(``schemas/telemetry.v1.json``) with one Jackson pass and returns ``ok``, the tenant, a chunk
-number (hash of the agent), the event time in ms and the record packed as bytes. A row that
+(``schemas/telemetry.v1.json``) with one Jackson pass and returns ``ok``, the tenant, the
+event time in ms and the record packed as bytes. A row that
 fails (``ok = FALSE``) goes to Python, where the contract's validator
 (``pipelines.telemetry.parse_line``) names the reason. The parser is stricter than the
 contract only for rare valid forms (integers beyond 64 bits, integral floats for integer
@@ -12,9 +12,9 @@ fields, RFC 3339 forms other than ``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)``, d
 ``schema_version`` other than the integer 1):
 those become dead letters with reason ``unsupported_by_flink_sql``, never silently dropped.
 
-The window aggregate collects the packed records of a (tenant, chunk, window) into one array,
-so Python gets a few rows per (tenant, window) and decodes them with numpy
-(``pipelines.flink.assemble.window_snapshot``).
+The window aggregate collects the packed records of a (tenant, window) into one array, so
+Python gets one row per (tenant, window) (joined on the JVM, ``WindowRows``) and decodes it
+with numpy (``pipelines.flink.assemble.window_snapshot``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class SqlSpec:
     slide_s: float
     out_of_orderness_s: float
     monitor_interval_s: float | None = None  # None: read what is there, then end (bounded)
-    chunks: int = 8  # parts per (tenant, window) handed to Python
 
     @property
     def size_ms(self) -> int:
@@ -65,7 +64,7 @@ def function_ddl(class_name: str) -> str:
 def source_ddl(spec: SqlSpec) -> str:
     """The landing directory as a table of raw lines, as bytes (as Beam reads them; no
     decoding on the JVM) and without event time yet: it comes from the parse, and the
-    watermark is declared on the parsed stream (``ROWTIME``)."""
+    watermark is declared on the parsed stream (``parse_query``)."""
     opts = {"connector": "filesystem", "path": spec.path, "format": "raw"}
     if spec.monitor_interval_s is not None:
         opts["source.monitor-interval"] = f"{int(round(spec.monitor_interval_s * 1000))} ms"
@@ -77,17 +76,14 @@ CREATE TEMPORARY TABLE landing (
 ) WITH ({with_})"""
 
 
-def parse_query(spec: SqlSpec) -> str:
+def parse_query() -> str:
     """Every line but blank ones (no row from the parser), parsed once: the raw line, its
-    file, and the parser's columns."""
+    file, the parser's columns and ``rowtime``, the event time the watermark is declared on
+    (a row that failed the parse gets 0, so it never moves the watermark). Computed here, so
+    that declaring the watermark needs no projection that copies every row."""
     return f"""
-SELECT l.line, l.path, p.ok, p.tenant, p.chunk, p.et_ms, p.rec
-FROM landing AS l, LATERAL TABLE({PARSE}(l.line, {int(spec.chunks)})) AS p"""
-
-
-# event time of the parsed stream: a row that failed the parse gets 0, so it never moves the
-# watermark
-ROWTIME = "TO_TIMESTAMP_LTZ(COALESCE(et_ms, 0), 3)"
+SELECT l.line, l.path, p.ok, p.tenant, p.et_ms, p.rec, TO_TIMESTAMP_LTZ(COALESCE(p.et_ms, 0), 3) AS rowtime
+FROM landing AS l, LATERAL TABLE({PARSE}(l.line)) AS p"""
 
 
 def lateness_view(spec: SqlSpec, table: str) -> str:
@@ -110,7 +106,7 @@ def _interval(ms: int) -> str:
 
 def combined_query(spec: SqlSpec) -> str:
     """One query, so the landing directory is read once and every row sees one watermark:
-    ``w`` rows per (tenant, chunk, window) - the packed records (in no particular order;
+    ``w`` rows per (tenant, window) - the packed records (in no particular order;
     Python sorts and removes duplicates as ``build_snapshot`` does); ``d`` rows that are not
     windowed - invalid (reason named in Python) or late."""
     hop = (f"TABLE(HOP(TABLE valid, DESCRIPTOR(rowtime), {_interval(spec.slide_ms)}, "
@@ -119,7 +115,7 @@ def combined_query(spec: SqlSpec) -> str:
 SELECT 'w' AS kind, tenant, window_start, window_end, ARRAY_AGG(rec) AS recs,
   CAST(NULL AS BYTES) AS line, CAST(NULL AS STRING) AS path, CAST(NULL AS BOOLEAN) AS late
 FROM {hop}
-GROUP BY tenant, chunk, window_start, window_end
+GROUP BY tenant, window_start, window_end
 UNION ALL
 SELECT 'd' AS kind, '-' AS tenant, CAST(NULL AS TIMESTAMP(3)) AS window_start,
   CAST(NULL AS TIMESTAMP(3)) AS window_end, CAST(NULL AS ARRAY<BYTES>) AS recs, line, path, late

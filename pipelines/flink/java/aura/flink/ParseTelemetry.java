@@ -6,25 +6,22 @@ import org.apache.flink.table.functions.TableFunction;
 import org.apache.flink.types.Row;
 
 /**
- * SQL table function PARSE_TELEMETRY(line BYTES, chunks INT): one row per line (none for a
- * blank line, which is not a record), so a LATERAL TABLE join parses each line once. ok = FALSE
- * (every other column NULL) when TelemetryParser does not accept the line; else the tenant,
- * chunk = hash(agent) mod chunks (splits a tenant's window into parts of similar size), event
- * time in epoch ms (floor) and the packed record (TelemetryParser.pack).
+ * SQL table function PARSE_TELEMETRY(line BYTES): one row per line (none for a blank line, which
+ * is not a record), so a LATERAL TABLE join parses each line once. ok = FALSE (every other column
+ * NULL) when TelemetryParser does not accept the line; else the tenant, event time in epoch ms
+ * (floor) and the packed record (TelemetryParser.pack).
  */
-@FunctionHint(output = @DataTypeHint("ROW<ok BOOLEAN, tenant STRING, chunk INT, et_ms BIGINT, rec BYTES>"))
+@FunctionHint(output = @DataTypeHint("ROW<ok BOOLEAN, tenant STRING, et_ms BIGINT, rec BYTES>"))
 public class ParseTelemetry extends TableFunction<Row> {
-    public void eval(byte[] line, Integer chunks) {
+    public void eval(byte[] line) {
         if (line == null || TelemetryParser.isBlank(line)) {
             return;
         }
         TelemetryParser.Parsed r = TelemetryParser.parse(line);
         if (r == null) {
-            collect(Row.of(false, null, null, null, null));
+            collect(Row.of(false, null, null, null));
         } else {
-            int n = chunks == null || chunks < 1 ? 1 : chunks;
-            collect(Row.of(true, r.tenant, Math.floorMod(r.agent.hashCode(), n), r.eventTimeMs,
-                    TelemetryParser.pack(r)));
+            collect(Row.of(true, r.tenant, r.eventTimeMs, TelemetryParser.pack(r)));
         }
     }
 }
