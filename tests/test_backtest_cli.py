@@ -72,3 +72,34 @@ def test_backtest_recorded_parquet_with_labels(out_dir, tmp_path, capsys):
     assert splits["validation"] and splits["test"]
     assert m["run"]["pipeline"]["reconciles"] and m["run"]["pipeline"]["events"] == 4 * 60 * 120
     assert "off" in m["run"]["pipeline"]["consensus"]
+
+
+def test_fit_split_in_several_runs_equals_one_run(tmp_path, monkeypatch):
+    """The fit split goes through the pipeline a few scenarios at a time (memory); the
+    windows, features and counts are those of one run over all of them."""
+    import numpy as np
+
+    from pipelines.backtest import run as bt
+    from pipelines.topology.features import FeatureExtractor
+    from pipelines.windowing import WindowSpec
+
+    _, train_cfg = bt.model_training(_model_dir())
+    results = {}
+    for per_run in (100, 2):
+        monkeypatch.setattr(bt, "FIT_SCENARIOS_PER_RUN", per_run)
+        cfg = bt.BacktestConfig(out=str(tmp_path / str(per_run)), fit_scenarios=3, fit_duration_s=60.0,
+                                cache=False, progress=False)
+        results[per_run] = bt.fit_windows(cfg, train_cfg, WindowSpec(), FeatureExtractor(), lambda *_: None)
+    (one, info_one), (parts, info_parts) = results[100], results[2]
+    assert [s.tenant for s in parts] == [s.tenant for s in one] and len(one) == 3
+    for a, b in zip(one, parts):
+        assert np.array_equal(a.window_end, b.window_end) and np.allclose(a.features, b.features, atol=1e-12)
+    assert info_parts["events"] == info_one["events"] > 0
+    assert info_parts["reconciles"] and info_one["reconciles"]
+    assert info_parts["data_sha256"] == info_one["data_sha256"]
+
+
+def _model_dir() -> str:
+    from models.artifact import MODEL_DIR
+
+    return MODEL_DIR
