@@ -34,9 +34,7 @@ class TrainConfig:
 class TrainResult:
     model: CascadeCfC
     metrics: dict
-    data_hash: str
-    mean: np.ndarray
-    std: np.ndarray
+    data_hash: str  # the model's normalisation lives in its buffers (models/cfc.py)
 
 
 def split_scenarios(n: int, test_fraction: float, val_fraction: float, seed: int
@@ -116,4 +114,4 @@ def train(cfg: TrainConfig, data: list[ScenarioWindows] | None = None, log=print
     }
     log(f"CfC test PR-AUC {_fmt(metrics['cfc_test']['pr_auc'])} vs logistic regression "
         f"{_fmt(metrics['logistic_regression_test']['pr_auc'])} ({metrics['train_seconds']} s)")
-    return TrainResult(model, metrics, dataset_hash(data), mean, std)
+    return TrainResult(model, metrics, dataset_hash(data))
