@@ -86,7 +86,7 @@ def test_fit_split_in_several_runs_equals_one_run(tmp_path, monkeypatch):
     _, train_cfg = bt.model_training(_model_dir())
     results = {}
     for per_run in (100, 2):
-        monkeypatch.setattr(bt, "FIT_SCENARIOS_PER_RUN", per_run)
+        monkeypatch.setattr(bt, "SCENARIOS_PER_RUN", per_run)
         cfg = bt.BacktestConfig(out=str(tmp_path / str(per_run)), fit_scenarios=3, fit_duration_s=60.0,
                                 cache=False, progress=False)
         results[per_run] = bt.fit_windows(cfg, train_cfg, WindowSpec(), FeatureExtractor(), lambda *_: None)
@@ -103,3 +103,40 @@ def _model_dir() -> str:
     from models.artifact import MODEL_DIR
 
     return MODEL_DIR
+
+
+def test_evaluation_in_several_runs_equals_one_run(tmp_path, monkeypatch):
+    """Evaluation scenarios also go through the pipeline a few at a time: with prediction
+    and consensus, the merged results equal one run's (features, committed verdicts, counts)."""
+    import numpy as np
+
+    from pipelines.backtest import run as bt
+    from pipelines.beam.consensus import ConsensusSpec
+    from pipelines.consensus.validator import RiskBands
+    from pipelines.inference import PredictorSpec
+    from pipelines.simulation.scenario import ScenarioConfig
+    from pipelines.topology.features import FeatureExtractor
+    from pipelines.windowing import WindowSpec
+
+    scenarios = [ScenarioConfig(n_agents=60, duration_s=80.0, seed=4000 + i, tenant=f"e-{i}")
+                 for i in range(3)]
+    predictor = PredictorSpec("onnx", _model_dir())
+    consensus = ConsensusSpec((predictor,) * 4, 1e-4, RiskBands(), 256)
+    cfg = bt.BacktestConfig(out=str(tmp_path), progress=False)
+    got = {}
+    for per_run in (100, 2):
+        monkeypatch.setattr(bt, "SCENARIOS_PER_RUN", per_run)
+        got[per_run] = bt._run(scenarios, WindowSpec(), str(tmp_path / str(per_run)), FeatureExtractor(),
+                               predictor, consensus, cfg, "eval")
+    one, parts = got[100], got[2]
+    assert sorted(parts.features) == sorted(one.features) == [f"e-{i}" for i in range(3)]
+    for t in one.features:
+        assert np.array_equal(one.features[t][0], parts.features[t][0])
+        assert np.allclose(one.features[t][2], parts.features[t][2], atol=1e-12)
+    assert one.predictions.keys() == parts.predictions.keys() and len(one.predictions) == 3 * 8
+    assert all(one.predictions[k]["probability"] == parts.predictions[k]["probability"]
+               for k in one.predictions)
+    assert parts.counts == one.counts and parts.reconciles and parts.read > 0
+    assert sorted(d["tenant"] for d in parts.labels) == sorted(d["tenant"] for d in one.labels)
+    with pytest.raises(ValueError, match="in both runs"):
+        parts.merge(one)

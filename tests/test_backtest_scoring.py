@@ -17,6 +17,7 @@ from pipelines.backtest.scoring import (
     threshold_for_budget,
     window_labels,
 )
+from pipelines.backtest.uncertainty import bootstrap_bar
 
 T0 = 1_767_225_600.0
 N_F = len(bl.NAMES)
@@ -161,3 +162,42 @@ def test_learned_baselines_fit_and_score_every_window():
         m.fit(train)
         out = m.score(train[0])
         assert out.shape == (60,) and np.isfinite(out).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(scored_scenarios(), min_size=1, max_size=5), st.integers(0, 3))
+def test_bootstrap_intervals_are_ordered_bounded_and_reproducible(cases, seed):
+    ss, aura = [c[0] for c in cases], [c[1] for c in cases]
+    other = [np.roll(c[1], 1) for c in cases]
+    ci = bootstrap_bar(ss, aura, other, 0.5, resamples=50, seed=seed)
+    assert ci == bootstrap_bar(ss, aura, other, 0.5, resamples=50, seed=seed)
+    for key, lo_bound, hi_bound in (("pr_auc_margin", -1, 1), ("event_recall", 0, 1),
+                                    ("median_lead_time_s", 0, 60)):
+        c = ci[key]
+        assert 0 <= c["resamples_used"] <= 50
+        if c["low"] is None:
+            assert c["resamples_used"] == 0
+        else:
+            assert lo_bound <= c["low"] <= c["high"] <= hi_bound
+
+
+def test_bootstrap_of_identical_scenarios_has_no_spread_and_sees_a_clear_winner():
+    one = scenario(30, [T0 + 155.0], [50.0])
+    perfect = one.label.astype(float)  # ranks every positive first; alarms 60 s ahead
+    noise = np.random.default_rng(0).random(30)
+    ci = bootstrap_bar([one] * 6, [perfect] * 6, [noise] * 6, 0.5, resamples=200)
+    o = outcome(one, perfect, 0.5)
+    assert ci["event_recall"]["low"] == ci["event_recall"]["high"] == 1.0
+    assert ci["median_lead_time_s"]["low"] == ci["median_lead_time_s"]["high"] == o.lead_times[0]
+    margin = 1.0 - pr_auc([one], [noise])
+    assert abs(ci["pr_auc_margin"]["low"] - margin) < 1e-12
+    assert abs(ci["pr_auc_margin"]["high"] - margin) < 1e-12
+    assert bootstrap_bar([one], [perfect], None, 0.5, resamples=10)["pr_auc_margin"]["resamples_used"] == 0
+
+
+def test_bootstrap_interval_widens_with_disagreeing_scenarios():
+    hit = scenario(30, [T0 + 155.0], [50.0], tenant="a")
+    miss = scenario(30, [T0 + 155.0], [50.0], tenant="b")
+    ci = bootstrap_bar([hit, miss] * 5, [hit.label.astype(float), np.zeros(30)] * 5, None, 0.5, resamples=500)
+    r = ci["event_recall"]
+    assert r["low"] < 0.5 < r["high"] and r["resamples_used"] == 500  # the point estimate, 0.5, inside

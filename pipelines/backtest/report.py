@@ -140,7 +140,7 @@ def write_report(path: str, metrics: dict, test: list[ScenarioWindows], scores: 
             f"validation): {_fmt(b['event_recall_at_operating'], 2)}, test false alarms/fleet-hour "
             f"{_fmt(b['false_alarms_per_fleet_hour_at_operating'], 2)} (&ge; 0.8) {mark(b['recall_ok'])}</li>"
             f"<li>median lead time {_fmt(b['median_lead_time_s'], 0)} s (&ge; 30 s) {mark(b['lead_time_ok'])}"
-            f"</li></ul>")
+            f"</li></ul>{_confidence(b.get('confidence'))}")
     parts.append(f"<img src='{pr_curves(test, scores, metrics)}'> <img src='{lead_histogram(metrics)}'>")
     for split in ("test", "test_in_distribution", "test_out_of_distribution", "validation"):
         n = metrics["methods"][AURA].get(split, {}).get("scenarios")
@@ -161,6 +161,20 @@ def write_report(path: str, metrics: dict, test: list[ScenarioWindows], scores: 
     with open(path, "w") as fh:
         fh.write("".join(parts))
     return path
+
+
+def _confidence(ci: dict | None) -> str:
+    """The bar's bootstrap intervals as one sentence."""
+    if not ci:
+        return ""
+
+    def iv(k: str, digits: int) -> str:
+        c = ci[k]
+        return "-" if c["low"] is None else f"[{_fmt(c['low'], digits)}, {_fmt(c['high'], digits)}]"
+
+    return (f"<p>{ci['level']:.0%} intervals from {ci['resamples']} resamples of the test scenarios "
+            f"(the scenario is the unit sampled): margin {iv('pr_auc_margin', 3)}, recall "
+            f"{iv('event_recall', 2)}, median lead {iv('median_lead_time_s', 0)} s.</p>")
 
 
 def _run_text(run: dict) -> str:

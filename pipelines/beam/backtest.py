@@ -85,6 +85,22 @@ class BacktestResults:
             c.get("consensus.disputed", 0) == self.proposed
         return c.get("read", 0) == c.get("windowed", 0) + dead and agreed
 
+    def merge(self, other: BacktestResults) -> BacktestResults:
+        """Add a run over other sources (tenants never shared between the runs)."""
+        shared = self.features.keys() & other.features.keys()
+        if shared:
+            raise ValueError(f"tenants {sorted(shared)[:3]} are in both runs; a tenant's windows "
+                             "must come from one run")
+        self.features.update(other.features)
+        self.predictions.update(other.predictions)
+        self.proposed += other.proposed
+        self.disputed += other.disputed
+        self.labels += other.labels
+        self.counts = {k: self.counts.get(k, 0) + other.counts.get(k, 0)
+                       for k in self.counts.keys() | other.counts.keys()}
+        self.elapsed_s += other.elapsed_s
+        return self
+
 
 class ReadSource(beam.DoFn):
     """A file path or a ScenarioConfig -> timestamped (tenant, Arrow table) slices, dead
