@@ -3,6 +3,7 @@ most f Byzantine validators over Hypothesis-generated schedules; what breaks wit
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from pipelines.consensus.messages import (
     BlockRequest,
     NewView,
     Proposal,
+    Sync,
     Vote,
     newview_bytes,
     vote_bytes,
@@ -124,6 +126,35 @@ def test_lost_block_fetch_is_retried_when_pulled_into_a_new_view():
     assert (ALL, BlockRequest(missing, 3)) in out
     assert not [m for _, m in r.on_message(NewView(5, qc0, 2, signers[2].sign(newview_bytes(5, qc0))), 0.2)
                 if isinstance(m, BlockRequest)]  # once per view
+
+
+@pytest.mark.parametrize("byz, net_cfg", [
+    ({3: "wrong"}, NetConfig(seed=22755, delay=(0.0, 0.07488201280799911), drop=0.3585306519188474,
+                             gst=3.6387939556348035)),
+    ({2: "leader"}, NetConfig(seed=30822, delay=(0.0, 0.06220616024689588), drop=0.260749409123979,
+                              gst=3.924088271378461)),
+])
+def test_liveness_when_a_lagging_replica_missed_a_commit_on_an_abandoned_branch(byz, net_cfg):
+    """Regression (schedules found by stressing the property test): blocks v, v+1, v+2 form a
+    three-chain whose QC commits v at three replicas, but the chain then grows from v+1, not
+    v+2. Replica 0 never saw that QC; its high QC soon was 3 views newer, so peers stopped
+    showing it their commit QC on its timeouts, and, idle, they never made a new three-chain."""
+    _, reps, requests, want, _ = run_schedule(4, byz, net_cfg)
+    assert_safe(reps)
+    assert all(want <= committed_vids(r) for r in reps)
+
+
+def test_timed_out_replica_is_shown_the_commit_qc_even_with_a_newer_high_qc():
+    net = build_cluster(4, None, NetConfig(seed=7, delay=(0.0, 0.01)), CFG, PRED)
+    net.submit(make_requests(40, PRED))
+    net.run(10.0)
+    r1 = net.nodes["1"]
+    assert isinstance(r1, Replica) and r1.log
+    r1.commit_qc = r1.log[0][2]  # an old commit QC, 3+ views below the peer's high QC
+    assert r1.commit_qc.view + 3 <= r1.high_qc.view
+    signer0 = make_committee(4, b"sim")[1][0]
+    nv = NewView(r1.view + 1, r1.high_qc, 0, signer0.sign(newview_bytes(r1.view + 1, r1.high_qc)))
+    assert (0, Sync(r1.commit_qc, 1)) in r1.on_message(nv, net.now)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

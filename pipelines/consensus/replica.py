@@ -385,9 +385,13 @@ class Replica:
         self._newviews[m.view][m.sender] = m
         self._on_qc(m.high_qc, now)
         if m.sender != self.rid:  # it timed out: show it our QCs (it may lag behind our commits)
+            shown = {m.high_qc.view}
             if m.high_qc.view < self.high_qc.view:
                 self._send(m.sender, Sync(self.high_qc, self.rid))
-            if self.commit_qc is not None and self.commit_qc.view > m.high_qc.view - 3:
+                shown.add(self.high_qc.view)
+            # also when its high QC is newer: the QC that committed may certify a block the chain
+            # then abandoned, and idle replicas build no new three-chain to commit it there
+            if self.commit_qc is not None and self.commit_qc.view not in shown:
                 self._send(m.sender, Sync(self.commit_qc, self.rid))
         # f+1 senders in higher views: at least one honest replica timed out there; join them
         top: dict[int, int] = {}
