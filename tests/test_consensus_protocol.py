@@ -10,9 +10,18 @@ from hypothesis import strategies as st
 from pipelines.consensus.byzantine import KINDS
 from pipelines.consensus.cluster import LinearPredictor, build_cluster, make_requests
 from pipelines.consensus.crypto import make_committee
-from pipelines.consensus.messages import Proposal, Vote, vote_bytes
+from pipelines.consensus.messages import (
+    QC,
+    BlockRequest,
+    NewView,
+    Proposal,
+    Sync,
+    Vote,
+    newview_bytes,
+    vote_bytes,
+)
 from pipelines.consensus.network import NetConfig, Network
-from pipelines.consensus.replica import ProtocolConfig, Replica
+from pipelines.consensus.replica import ALL, ProtocolConfig, Replica
 from pipelines.consensus.validator import Validator
 
 PRED = LinearPredictor()
@@ -92,16 +101,60 @@ def test_at_most_f_byzantine_safe_valid_and_live_after_gst(schedule):
         assert r.stats["conflicting_commit"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known liveness bug (found by the property test above, "
-                   "2026-11-24): after a Byzantine leader and a lossy network before GST, replicas 0 and "
-                   "1 stay locked on a block replica 3's proposals do not extend (unsafe_proposal), so "
-                   "22 good requests never commit")
 def test_liveness_after_byzantine_leader_and_heavy_loss_before_gst():
-    """The failing schedule the property test found, pinned so the bug stays visible until
-    the protocol is fixed (then this test passes, strict xfail fails, and the mark goes)."""
+    """Regression (schedule found by the property test above): a Byzantine leader and 40 % loss
+    before GST. Replica 3's only request for block 4 (and the reply) was lost before GST; it
+    never retried, as others pulled it through views before its backed-off timer fired, so it
+    never stored the chain, its proposals extended genesis, and 0 and 1 (locked) refused them."""
     net_cfg = NetConfig(seed=1291, delay=(0.0, 0.03125), drop=0.3984375, gst=2.0, partitions=[], tick=0.05)
     _, reps, requests, want, _ = run_schedule(4, {2: "leader"}, net_cfg)
     assert all(want <= committed_vids(r) for r in reps)
+
+
+def test_lost_block_fetch_is_retried_when_pulled_into_a_new_view():
+    """A replica whose block request went unanswered asks everyone again on entering a view,
+    also when f+1 NewViews pull it there before its own timer expires."""
+    committee, signers = make_committee(4, b"fetch")
+    r = Replica(3, committee, signers[3], Validator(PRED), "x", CFG)
+    missing = b"m" * 32
+    r._request_block(missing, 0)  # sent to replica 0 only; assume the request or reply was lost
+    qc0 = QC(0, r.genesis.hash, ())
+    out = []
+    for s in (0, 1):
+        out += r.on_message(NewView(5, qc0, s, signers[s].sign(newview_bytes(5, qc0))), 0.1)
+    assert r.view == 5 and r.stats["timeouts"] == 0
+    assert (ALL, BlockRequest(missing, 3)) in out
+    assert not [m for _, m in r.on_message(NewView(5, qc0, 2, signers[2].sign(newview_bytes(5, qc0))), 0.2)
+                if isinstance(m, BlockRequest)]  # once per view
+
+
+@pytest.mark.parametrize("byz, net_cfg", [
+    ({3: "wrong"}, NetConfig(seed=22755, delay=(0.0, 0.07488201280799911), drop=0.3585306519188474,
+                             gst=3.6387939556348035)),
+    ({2: "leader"}, NetConfig(seed=30822, delay=(0.0, 0.06220616024689588), drop=0.260749409123979,
+                              gst=3.924088271378461)),
+])
+def test_liveness_when_a_lagging_replica_missed_a_commit_on_an_abandoned_branch(byz, net_cfg):
+    """Regression (schedules found by stressing the property test): blocks v, v+1, v+2 form a
+    three-chain whose QC commits v at three replicas, but the chain then grows from v+1, not
+    v+2. Replica 0 never saw that QC; its high QC soon was 3 views newer, so peers stopped
+    showing it their commit QC on its timeouts, and, idle, they never made a new three-chain."""
+    _, reps, requests, want, _ = run_schedule(4, byz, net_cfg)
+    assert_safe(reps)
+    assert all(want <= committed_vids(r) for r in reps)
+
+
+def test_timed_out_replica_is_shown_the_commit_qc_even_with_a_newer_high_qc():
+    net = build_cluster(4, None, NetConfig(seed=7, delay=(0.0, 0.01)), CFG, PRED)
+    net.submit(make_requests(40, PRED))
+    net.run(10.0)
+    r1 = net.nodes["1"]
+    assert isinstance(r1, Replica) and r1.log
+    r1.commit_qc = r1.log[0][2]  # an old commit QC, 3+ views below the peer's high QC
+    assert r1.commit_qc.view + 3 <= r1.high_qc.view
+    signer0 = make_committee(4, b"sim")[1][0]
+    nv = NewView(r1.view + 1, r1.high_qc, 0, signer0.sign(newview_bytes(r1.view + 1, r1.high_qc)))
+    assert (0, Sync(r1.commit_qc, 1)) in r1.on_message(nv, net.now)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

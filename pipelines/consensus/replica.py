@@ -87,7 +87,7 @@ class Replica:
         self._seen: set[bytes] = set()  # proposals handled
         self._waiting: dict[bytes, list] = defaultdict(list)  # missing block -> messages
         self._orphans: dict[bytes, Block] = {}
-        self._requested: set[bytes] = set()
+        self._requested: dict[bytes, int] = {}  # block fetched -> view it was last asked for in
         self._awaiting_requests: list[Proposal] = []
         self._out: list = []
 
@@ -112,8 +112,6 @@ class Replica:
         elif now >= self.deadline:
             self.timeouts += 1
             self.stats["timeouts"] += 1
-            for h in self._requested - self.blocks.keys():  # a lost request or response: ask everyone
-                self._send(ALL, BlockRequest(h, self.rid))
             self._enter(self.view + 1, now)
             self._send_newview(now)
         return self._flush()
@@ -166,6 +164,7 @@ class Replica:
             return
         self.view = view
         self._arm(now)
+        self._refetch()
         for box in (self._votes, self._valid_sigs):
             for key in [k for k in box if k[0] < view - 3]:
                 del box[key]
@@ -174,11 +173,21 @@ class Replica:
     def _request_block(self, h: bytes, hint: int | None) -> None:
         if h in self._requested or h in self.blocks:
             return
-        self._requested.add(h)
+        self._requested[h] = self.view
         if hint is not None and hint != self.rid:
             self._send(hint, BlockRequest(h, self.rid))
         else:
             self._send(ALL, BlockRequest(h, self.rid))
+
+    def _refetch(self) -> None:
+        """Ask everyone again, once per view, for blocks still missing (not orphans: their
+        missing ancestor is asked for). A request or response lost before GST must not stall a
+        replica that others keep pulling into new views before its own timer expires."""
+        for h, asked in self._requested.items():
+            if asked < self.view and h not in self.blocks and h not in self._orphans:
+                self._requested[h] = self.view
+                self.stats["refetch"] += 1
+                self._send(ALL, BlockRequest(h, self.rid))
 
     def _qc_valid(self, qc: QC) -> bool:
         """2f+1 distinct valid signatures; each (signer, signature) is verified once."""
@@ -294,7 +303,7 @@ class Replica:
     def _store(self, b: Block) -> None:
         self.blocks[b.hash] = b
         self.heights[b.hash] = self.heights[b.parent] + 1
-        self._requested.discard(b.hash)
+        self._requested.pop(b.hash, None)
         for child in [o for o in self._orphans.values() if o.parent == b.hash]:
             del self._orphans[child.hash]
             self._store(child)
@@ -376,9 +385,13 @@ class Replica:
         self._newviews[m.view][m.sender] = m
         self._on_qc(m.high_qc, now)
         if m.sender != self.rid:  # it timed out: show it our QCs (it may lag behind our commits)
+            shown = {m.high_qc.view}
             if m.high_qc.view < self.high_qc.view:
                 self._send(m.sender, Sync(self.high_qc, self.rid))
-            if self.commit_qc is not None and self.commit_qc.view > m.high_qc.view - 3:
+                shown.add(self.high_qc.view)
+            # also when its high QC is newer: the QC that committed may certify a block the chain
+            # then abandoned, and idle replicas build no new three-chain to commit it there
+            if self.commit_qc is not None and self.commit_qc.view not in shown:
                 self._send(m.sender, Sync(self.commit_qc, self.rid))
         # f+1 senders in higher views: at least one honest replica timed out there; join them
         top: dict[int, int] = {}
