@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", help="train the CfC on simulated scenarios; write the artifact")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--scenarios", type=int, default=96)
+    t.add_argument("--scenarios", type=int, default=192)
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--horizon", type=float, default=60.0, help="seconds ahead a cascade is predicted")
     t.add_argument("--out", help="artifact directory (default: the committed models/cascade_cfc)")

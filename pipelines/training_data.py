@@ -30,7 +30,7 @@ class DatasetConfig:
     """Which scenarios to simulate: drawn from ``seed`` (sizes, graphs, mechanisms)."""
 
     seed: int = 0
-    n_scenarios: int = 96
+    n_scenarios: int = 192
     agents: tuple[int, ...] = (60, 120, 200)
     graphs: tuple[str, ...] = ("layered", "scale_free")
     mechanisms: tuple[str, ...] = MECHANISMS
