@@ -20,7 +20,7 @@ threshold with at most one false alarm per fleet-hour. That threshold is chosen 
 same out-of-fold scores it is scored on, which flatters every row: an upper bound for the
 backtest's bar, not an estimate of it.
 
-    python bench/bench_label_ceiling.py [--scenarios 48] [--seed 0]
+    python bench/bench_label_ceiling.py [--scenarios 48] [--seed 0] [--horizon 60]
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--horizon", type=float, default=60.0, help="seconds ahead an onset counts (the label)")
     a = ap.parse_args()
-    cfg = DatasetConfig(seed=a.seed, n_scenarios=a.scenarios)
+    cfg = DatasetConfig(seed=a.seed, n_scenarios=a.scenarios, horizon_s=a.horizon)
     t0 = time.perf_counter()
     data = build_dataset(cfg)
     tr, va, _ = split_scenarios(len(data), 0.25, 0.2, 0)  # train's split; test is never read
@@ -113,7 +114,8 @@ def main() -> None:
     y = np.concatenate([b[1] for b in blocks["lr"]])
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {len(keep)} "
           f"train+validation scenarios of DatasetConfig(seed={a.seed}, n_scenarios={a.scenarios}), "
-          f"{len(y)} windows, positive rate {y.mean():.3f} ({time.perf_counter() - t0:.0f} s to simulate)")
+          f"horizon {cfg.horizon_s:g} s, {len(y)} windows, positive rate {y.mean():.3f} "
+          f"({time.perf_counter() - t0:.0f} s to simulate)")
     print(f"  {'':12s} {'PR-AUC':>8} {'recall at <= 1 FA/h':>20} {'median lead':>12}   (4-fold CV, pooled)")
     for name, b in blocks.items():
         oof = cross_validate(b, "lr" if name == "lr" else "gb")
