@@ -68,7 +68,7 @@ class Node:
         self.cfg, self.rid = cfg, rid
         committee = Committee(tuple(bytes.fromhex(k) for k in cfg["public_keys"]))
         signer = Signer.from_hex(cfg["private_keys"][rid])
-        pcfg = ProtocolConfig(base_timeout=cfg["base_timeout"], max_block=cfg["max_block"])
+        pcfg = ProtocolConfig(base_timeout=cfg["base_timeout"], max_block=cfg["max_block"], keep_log=0)
         validator = Validator(_predictor(cfg["predictor"]), epsilon=cfg["epsilon"])
         self.replica = Replica(rid, committee, signer, validator, cfg["chain_id"], pcfg)
         self.peers: dict[int, asyncio.StreamWriter] = {}
