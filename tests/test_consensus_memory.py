@@ -124,3 +124,19 @@ def test_stage_stream_keeps_bounded_state():
             assert_bounded(r, r.cfg.keep_committed)
             assert not r.log  # keep_log=0: the audit log is the stage's record
     assert total == 1200
+
+
+def test_keep_committed_none_keeps_every_block_and_rejects_tiny_windows():
+    """``None`` (the TCP validators: no state transfer yet) keeps the whole chain."""
+    import dataclasses
+
+    import pytest
+
+    with pytest.raises(ValueError, match="at least 3"):
+        ProtocolConfig(keep_committed=2)
+    net = build_cluster(4, None, NetConfig(seed=3, delay=(0.0, 0.01)),
+                        dataclasses.replace(CFG, keep_committed=None), PRED)
+    vids = stream(net, 5, 80, lambda: False)  # 400 requests, 50 blocks of 8
+    for r in net.nodes.values():
+        assert committed_order(r) == vids
+        assert len(r.blocks) >= len(r.log) + 1 > 50  # every committed block and genesis

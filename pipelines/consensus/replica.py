@@ -56,11 +56,13 @@ class ProtocolConfig:
     max_backoff: int = 5  # timeouts double up to base * 2**max_backoff
     max_block: int = 256  # verdicts per block
     notify_client: bool = True  # send Committed notices to CLIENT
-    keep_committed: int = 64  # final blocks kept below the executed one, for lagging replicas to fetch
+    # final blocks kept below the executed one, for lagging replicas to fetch; None keeps all
+    # (without state transfer, a replica further behind than this can never catch up)
+    keep_committed: int | None = 64
     keep_log: int | None = None  # entries kept in ``Replica.log`` (None: all)
 
     def __post_init__(self):
-        if self.keep_committed < 3:
+        if self.keep_committed is not None and self.keep_committed < 3:
             raise ValueError("keep_committed must be at least 3 (a proposal looks 3 blocks back)")
 
 
@@ -391,7 +393,8 @@ class Replica:
         or above its view, genesis and whatever a QC, the lock or a pending proposal names
         stay. Messages and fetches waiting on pruned or dead blocks are dropped with them."""
         ev = self.executed.view
-        cut = self.heights[self.executed.hash] - self.cfg.keep_committed
+        keep_n = self.cfg.keep_committed
+        cut = self.heights[self.executed.hash] - keep_n if keep_n is not None else -1
         self._awaiting_requests = [p for p in self._awaiting_requests if p.block.view >= self.view]
         keep = {self.genesis.hash, self.executed.hash, self.locked.hash, self.high_qc.block_hash}
         keep.update(p.block.parent for p in self._awaiting_requests)
