@@ -56,6 +56,14 @@ class ProtocolConfig:
     max_backoff: int = 5  # timeouts double up to base * 2**max_backoff
     max_block: int = 256  # verdicts per block
     notify_client: bool = True  # send Committed notices to CLIENT
+    # final blocks kept below the executed one, for lagging replicas to fetch; None keeps all
+    # (without state transfer, a replica further behind than this can never catch up)
+    keep_committed: int | None = 64
+    keep_log: int | None = None  # entries kept in ``Replica.log`` (None: all)
+
+    def __post_init__(self):
+        if self.keep_committed is not None and self.keep_committed < 3:
+            raise ValueError("keep_committed must be at least 3 (a proposal looks 3 blocks back)")
 
 
 class Replica:
@@ -165,9 +173,14 @@ class Replica:
         self.view = view
         self._arm(now)
         self._refetch()
-        for box in (self._votes, self._valid_sigs):
-            for key in [k for k in box if k[0] < view - 3]:
+        for box in (self._votes, self._valid_sigs, self._newviews):
+            for key in [k for k in box if (k if isinstance(k, int) else k[0]) < view - 3]:
                 del box[key]
+        # votes below the high QC's view are ignored before _qc_ok is consulted; the others
+        # are only ever looked up for the current view
+        self._qc_ok.difference_update([k for k in self._qc_ok if k[0] < self.high_qc.view])
+        self._proposed.difference_update([w for w in self._proposed if w < view])
+        self._newview_sent.difference_update([w for w in self._newview_sent if w < view])
         self._maybe_propose(now)
 
     def _request_block(self, h: bytes, hint: int | None) -> None:
@@ -235,6 +248,9 @@ class Replica:
         b = p.block
         if b.hash in self._seen:
             return
+        if b.view <= self.executed.view:  # stale: never voted, its QC already superseded
+            self.stats["stale_proposal"] += 1
+            return
         if (p.sender != b.proposer or b.view < 1 or self.c.leader(b.view) != p.sender
                 or not self.c.verify(p.sender, p.sig, proposal_bytes(b.hash))):
             self.stats["bad_proposal_sig"] += 1
@@ -243,6 +259,10 @@ class Replica:
             self.stats["bad_proposal"] += 1
             return
         if b.parent not in self.blocks:
+            if b.justify.view < self.executed.view:  # extends a pruned or dead block: never voted
+                self.stats["stale_proposal"] += 1
+                self._enter(b.view, now)  # as if it had been fetched
+                return
             self._waiting[b.parent].append(p)
             self._request_block(b.parent, p.sender)
             return
@@ -283,7 +303,9 @@ class Replica:
             b = self.blocks.get(b.parent)
 
     def _check_payload(self, b: Block) -> str:
-        parent = self.blocks[b.parent]
+        parent = self.blocks.get(b.parent)
+        if parent is None:  # pruned since (unreachable: such a proposal is unsafe to vote for)
+            return "stale"
         in_flight = {v.vid for x in self._branch(parent) for v in x.payload}
         seen: set[str] = set()
         missing = False
@@ -310,6 +332,10 @@ class Replica:
 
     # -- QCs, locking, commit -------------------------------------------------------------
     def _on_qc(self, qc: QC, now: float) -> None:
+        if qc.view <= self.executed.view:
+            # no-op: high_qc, the lock and the view are all newer (its block may be pruned)
+            self._maybe_propose(now)
+            return
         b2 = self.blocks.get(qc.block_hash)
         if b2 is None:
             self._waiting[qc.block_hash].append(qc)
@@ -317,15 +343,16 @@ class Replica:
             return
         if qc.view > self.high_qc.view:
             self.high_qc, self.timeouts = qc, 0
-        if b2.view > 0:
-            b1 = self.blocks[b2.parent]
+        b1 = self.blocks.get(b2.parent) if b2.view > 0 else None
+        if b1 is not None:  # (a missing parent is pruned, so below the lock and executed block)
             if b1.view > self.locked.view:
                 self.locked = b1
-            if b1.view > 0:
-                b0 = self.blocks[b1.parent]
-                if b2.view == b1.view + 1 and b1.view == b0.view + 1 and b0.view > self.executed.view:
-                    self._commit(b0, b1.justify)
-                    self.commit_qc = qc
+            b0 = self.blocks.get(b1.parent) if b1.view > 0 else None
+            if (b0 is not None and b2.view == b1.view + 1 and b1.view == b0.view + 1
+                    and b0.view > self.executed.view):
+                self._commit(b0, b1.justify)
+                self.commit_qc = qc
+                self._prune()
         if qc.view >= self.view:
             self._enter(qc.view + 1, now)
         self._maybe_propose(now)
@@ -340,12 +367,57 @@ class Replica:
             h = self.heights[b.hash]
             self.log.append((h, b, qc))
             for v in b.payload:
-                self.done.add(v.vid)
-                self.pending.pop(v.vid, None)
+                self._close(v.vid)
             if self.cfg.notify_client:
                 self._send(CLIENT, Committed(h, b, qc, self.rid))
         self.executed = b0
         self.stats["committed_blocks"] += len(chain)
+        if self.cfg.keep_log is not None and len(self.log) > self.cfg.keep_log:
+            del self.log[:len(self.log) - self.cfg.keep_log]
+
+    def _close(self, vid: str) -> None:
+        self.done.add(vid)
+        self.pending.pop(vid, None)
+        self.opinions.pop(vid, None)
+        self.objections.pop(vid, None)
+
+    def _prune(self) -> None:
+        """Forget what can no longer matter once ``executed`` is final (at most f faulty).
+
+        Every certified block above the executed one extends it, and our lock is at or above
+        it, so a block with a lower view is either final (an ancestor: only lagging replicas
+        need it, so the ``keep_committed`` nearest are kept for their BlockRequests) or on a
+        dead fork: a child's justify view would be below our lock, and the child would not
+        extend the lock, so we never vote for it and it never gets a QC. Stale QCs and
+        proposals are no-ops (``_on_qc``, ``_on_proposal``). The executed block, everything at
+        or above its view, genesis and whatever a QC, the lock or a pending proposal names
+        stay. Messages and fetches waiting on pruned or dead blocks are dropped with them."""
+        ev = self.executed.view
+        keep_n = self.cfg.keep_committed
+        cut = self.heights[self.executed.hash] - keep_n if keep_n is not None else -1
+        self._awaiting_requests = [p for p in self._awaiting_requests if p.block.view >= self.view]
+        keep = {self.genesis.hash, self.executed.hash, self.locked.hash, self.high_qc.block_hash}
+        keep.update(p.block.parent for p in self._awaiting_requests)
+        if self.commit_qc is not None:
+            keep.add(self.commit_qc.block_hash)
+        old = [h for h, b in self.blocks.items() if b.view < ev and self.heights[h] < cut and h not in keep]
+        for h in old:
+            del self.blocks[h], self.heights[h]
+            self._seen.discard(h)
+
+        def live(m) -> bool:  # a waiting QC or proposal that may still have an effect
+            if isinstance(m, QC):
+                return m.view > ev
+            return m.block.view > ev and (m.block.justify.view >= ev or m.block.view > self.view)
+
+        for h in list(self._waiting):
+            self._waiting[h] = [m for m in self._waiting[h] if live(m)]
+            if not self._waiting[h]:
+                del self._waiting[h]
+        for h in [h for h, o in self._orphans.items() if o.view < ev]:
+            del self._orphans[h]
+        wanted = set(self._waiting) | set(self._orphans) | {o.parent for o in self._orphans.values()}
+        self._requested = {h: v for h, v in self._requested.items() if h in wanted}
 
     # -- votes and view change ------------------------------------------------------------
     def _on_vote(self, v: Vote, now: float) -> None:
@@ -429,12 +501,12 @@ class Replica:
 
     def _on_withdraw(self, w: Withdraw, now: float) -> None:
         for vid in w.vids:
-            if self.pending.pop(vid, None) is not None:
-                self.done.add(vid)
+            if vid in self.pending:
+                self._close(vid)
         self._arm(now)
 
     def _on_objection(self, o: Objection, now: float) -> None:
-        if o.sender in self.objections.get(o.vid, {}):
+        if o.vid in self.done or o.sender in self.objections.get(o.vid, {}):
             return
         if not self.c.verify(o.sender, o.sig, objection_bytes(o.vid, o.digest, o.probability, o.band)):
             self.stats["bad_objection_sig"] += 1
@@ -451,6 +523,9 @@ class Replica:
         if b.hash not in self._requested:
             return  # unsolicited: ignore (a requested block is authenticated by its hash)
         if b.parent not in self.blocks:
+            if b.view < self.executed.view:  # dead or final, and its ancestors may be pruned
+                self._requested.pop(b.hash, None)
+                return
             self._orphans[b.hash] = b
             self._request_block(b.parent, r.sender)
             return

@@ -54,7 +54,8 @@ class ConsensusStage:
         self.committee, signers = keys or make_committee(cfg.validators, key_seed)
         if self.committee.n != cfg.validators:
             raise ValueError(f"{cfg.validators} validators need as many keys, got {self.committee.n}")
-        pcfg = ProtocolConfig(base_timeout=cfg.base_timeout, max_block=cfg.max_block)
+        # the stage reads Committed notices (and keeps the audit log), not the replicas' logs
+        pcfg = ProtocolConfig(base_timeout=cfg.base_timeout, max_block=cfg.max_block, keep_log=0)
         self.replicas = [Replica(i, self.committee, signers[i], Validator(p, cfg.bands, cfg.epsilon),
                                  self.chain_id, pcfg) for i, p in enumerate(predictors)]
         nodes = {str(r.rid): (wrap(r) if wrap else r) for r in self.replicas}
@@ -76,7 +77,7 @@ class ConsensusStage:
     def _collect(self) -> None:
         """Blocks reported committed by f+1 validators (so by an honest one) are final."""
         for _, _src, m in self.net.client:
-            if isinstance(m, Committed) and m.block.hash == m.qc.block_hash:
+            if isinstance(m, Committed) and m.block.hash == m.qc.block_hash and m.height >= self._next_height:
                 box = self._notices[(m.height, m.block.hash)]
                 box[m.sender] = m
                 if len(box) == self.committee.f + 1 and m.height >= self._next_height:
@@ -96,6 +97,8 @@ class ConsensusStage:
             if self.audit is not None:
                 self.audit.append(m.height, m.block, qc)
             self._next_height += 1
+        for key in [k for k in self._notices if k[0] < self._next_height]:  # final: later notices ignored
+            del self._notices[key]
 
     def _open(self, vids: list[str]) -> list[str]:
         f = self.committee.f

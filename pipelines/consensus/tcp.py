@@ -68,7 +68,10 @@ class Node:
         self.cfg, self.rid = cfg, rid
         committee = Committee(tuple(bytes.fromhex(k) for k in cfg["public_keys"]))
         signer = Signer.from_hex(cfg["private_keys"][rid])
-        pcfg = ProtocolConfig(base_timeout=cfg["base_timeout"], max_block=cfg["max_block"])
+        # every block kept: a validator down for a while must be able to fetch all it missed
+        # (no state transfer yet); the in-process stage, where no replica lags, prunes
+        pcfg = ProtocolConfig(base_timeout=cfg["base_timeout"], max_block=cfg["max_block"], keep_log=0,
+                              keep_committed=None)
         validator = Validator(_predictor(cfg["predictor"]), epsilon=cfg["epsilon"])
         self.replica = Replica(rid, committee, signer, validator, cfg["chain_id"], pcfg)
         self.peers: dict[int, asyncio.StreamWriter] = {}
