@@ -54,8 +54,9 @@ class ConsensusStage:
         self.committee, signers = keys or make_committee(cfg.validators, key_seed)
         if self.committee.n != cfg.validators:
             raise ValueError(f"{cfg.validators} validators need as many keys, got {self.committee.n}")
-        # the stage reads Committed notices (and keeps the audit log), not the replicas' logs
-        pcfg = ProtocolConfig(base_timeout=cfg.base_timeout, max_block=cfg.max_block, keep_log=0)
+        # the stage reads Committed notices (and keeps the audit log), not the replicas' logs;
+        # the last 3 entries stay for a Byzantine leader's replays (pipelines/consensus/byzantine.py)
+        pcfg = ProtocolConfig(base_timeout=cfg.base_timeout, max_block=cfg.max_block, keep_log=3)
         self.replicas = [Replica(i, self.committee, signers[i], Validator(p, cfg.bands, cfg.epsilon),
                                  self.chain_id, pcfg) for i, p in enumerate(predictors)]
         nodes = {str(r.rid): (wrap(r) if wrap else r) for r in self.replicas}
