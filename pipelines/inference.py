@@ -78,6 +78,9 @@ class ModelHandler(ABC):
     def describe(self) -> str:
         """Which backend, model and device, for logs and summaries."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook: in-process backends hold no connection
+        """Release connections; a later call reconnects."""
+
 
 class OnnxPredictor(ModelHandler):
     """onnxruntime in-process: CUDA when onnxruntime-gpu and a GPU are present, else CPU."""
@@ -169,6 +172,12 @@ class TritonPredictor(ModelHandler):
             raise LookupError(f"Triton at {self.url} has no ready model {self.model_name!r}")
         self._client = client
         return client
+
+    def close(self) -> None:
+        """Close the connection: an open HTTP connection holds up the server's clean shutdown."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def run_inference(self, features: np.ndarray, dt: np.ndarray, model=None) -> np.ndarray:
         client = model or self._client or self.load_model()

@@ -126,3 +126,31 @@ def test_aura_serve_runs_until_sigterm(tmp_path):
     time.sleep(0.5)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/live", timeout=2)
+
+
+def test_validators_backed_by_triton_commit_what_in_process_validators_commit(server, tmp_path):
+    """The consensus stage with two validators recomputing through the tritonserver (gRPC
+    and HTTP) and two in process: every honest verdict commits with a verified audit log,
+    and a broken proposal is objected to by all four - the remote backends among them."""
+    from pipelines.consensus.audit import verify_log
+    from pipelines.consensus.cluster import make_requests
+    from pipelines.consensus.stage import ConsensusConfig, ConsensusStage
+
+    local = OnnxPredictor()
+    remote = [TritonPredictor(f"127.0.0.1:{server.grpc_port}", "grpc"),
+              TritonPredictor(f"127.0.0.1:{server.http_port}", "http")]
+    reqs = make_requests(120, local, t=local.info.seq_len, n_features=local.info.n_features, wrong={7})
+    log = str(tmp_path / "audit.ndjson")
+    stage = ConsensusStage([local, *remote, local], ConsensusConfig(max_block=32), audit_path=log)
+    committed, disputed = stage.process(reqs)
+    stage.close()
+    for p in remote:
+        p.close()
+    assert remote[1].run_inference(*batch(2)).shape == (2,)  # closed: the next call reconnects
+    remote[1].close()
+    assert len(committed) == 119 and [d.verdict.vid for d in disputed] == [reqs[7].vid]
+    objectors = {o["validator"] for o in disputed[0].objections}
+    assert disputed[0].reason == "objected" and objectors == {0, 1, 2, 3}
+    assert all(len(c.certificate["signers"]) >= 3 for c in committed)
+    report = verify_log(log)
+    assert report.ok and report.verdicts == 119, report.error

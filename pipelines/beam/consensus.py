@@ -106,6 +106,8 @@ class ConsensusFn(beam.DoFn):
         stage = getattr(self, "stage", None)
         if stage is not None:
             stage.close()
+            for r in stage.replicas:  # the validators' predictors were built here (Triton: connections)
+                r.validator.predictor.close()
 
 
 class ConsensusStage(beam.PTransform):

@@ -44,6 +44,11 @@ class _Predicts(beam.DoFn):
         self.predictor = self.spec.build()
         self.predictor.load_model()
 
+    def teardown(self):
+        predictor = getattr(self, "predictor", None)
+        if predictor is not None:
+            predictor.close()
+
     def _row(self, wf, x, dt) -> dict:
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
         counters.inc(self.run_id, "predictions")
