@@ -164,17 +164,10 @@ def write_report(path: str, metrics: dict, test: list[ScenarioWindows], scores: 
 
 
 def _confidence(ci: dict | None) -> str:
-    """The bar's bootstrap intervals as one sentence."""
-    if not ci:
-        return ""
+    """The bar's bootstrap intervals (the scenario is the unit resampled)."""
+    from pipelines.backtest.uncertainty import describe
 
-    def iv(k: str, digits: int) -> str:
-        c = ci[k]
-        return "-" if c["low"] is None else f"[{_fmt(c['low'], digits)}, {_fmt(c['high'], digits)}]"
-
-    return (f"<p>{ci['level']:.0%} intervals from {ci['resamples']} resamples of the test scenarios "
-            f"(the scenario is the unit sampled): margin {iv('pr_auc_margin', 3)}, recall "
-            f"{iv('event_recall', 2)}, median lead {iv('median_lead_time_s', 0)} s.</p>")
+    return f"<p>{html.escape(describe(ci))}.</p>" if ci else ""
 
 
 def _run_text(run: dict) -> str:

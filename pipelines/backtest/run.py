@@ -29,6 +29,7 @@ import numpy as np
 from pipelines.backtest import baselines as bl
 from pipelines.backtest.scoring import ScenarioWindows, score_split, threshold_for_budget, threshold_for_f1
 from pipelines.backtest.uncertainty import bootstrap_bar
+from pipelines.backtest.uncertainty import describe as describe_intervals
 from pipelines.inference import DEFAULT_MODEL_DIR, OnnxPredictor, PredictorSpec
 from pipelines.simulation.scenario import ScenarioConfig
 from pipelines.topology.features import FeatureExtractor
@@ -470,14 +471,8 @@ def headline(metrics: dict) -> str:
         lead = b["median_lead_time_s"]
         lines.append(f"  median lead time: {'-' if lead is None else f'{lead:.0f} s'} "
                      f"(>= 30 s: {yn(b['lead_time_ok'])})")
-        ci = b.get("confidence")
-        if ci:
-            def iv(k, fmt):
-                c = ci[k]
-                return "-" if c["low"] is None else f"[{c['low']:{fmt}}, {c['high']:{fmt}}]"
-            lines.append(f"  {ci['level']:.0%} intervals, {ci['resamples']} resamples of the test scenarios: "
-                         f"margin {iv('pr_auc_margin', '+.3f')}, recall {iv('event_recall', '.2f')}, "
-                         f"median lead {iv('median_lead_time_s', '.0f')} s")
+        if b.get("confidence"):
+            lines.append(f"  {describe_intervals(b['confidence'])}")
         lines.append(f"  bar met: {yn(b['met'])}")
     return "\n".join(lines)
 

@@ -61,3 +61,14 @@ def bootstrap_bar(test: list[ScenarioWindows], aura: list[np.ndarray], best: lis
     return {"level": level, "resamples": resamples, "unit": "scenario",
             "pr_auc_margin": interval(margin), "event_recall": interval(recall),
             "median_lead_time_s": interval(lead)}
+
+
+def describe(ci: dict) -> str:
+    """The intervals as one sentence (headline and report)."""
+    def iv(k: str, fmt: str) -> str:
+        c = ci[k]
+        return "-" if c["low"] is None else f"[{c['low']:{fmt}}, {c['high']:{fmt}}]"
+
+    return (f"{ci['level']:.0%} intervals, {ci['resamples']} resamples of the test scenarios: "
+            f"margin {iv('pr_auc_margin', '+.3f')}, recall {iv('event_recall', '.2f')}, "
+            f"median lead {iv('median_lead_time_s', '.0f')} s")

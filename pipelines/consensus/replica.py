@@ -173,9 +173,11 @@ class Replica:
         self.view = view
         self._arm(now)
         self._refetch()
-        for box in (self._votes, self._valid_sigs, self._newviews):
-            for key in [k for k in box if (k if isinstance(k, int) else k[0]) < view - 3]:
+        for box in (self._votes, self._valid_sigs):  # keyed by (view, ...)
+            for key in [k for k in box if k[0] < view - 3]:
                 del box[key]
+        for v in [v for v in self._newviews if v < view - 3]:  # keyed by view
+            del self._newviews[v]
         # votes below the high QC's view are ignored before _qc_ok is consulted; the others
         # are only ever looked up for the current view
         self._qc_ok.difference_update([k for k in self._qc_ok if k[0] < self.high_qc.view])

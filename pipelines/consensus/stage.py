@@ -81,7 +81,7 @@ class ConsensusStage:
             if isinstance(m, Committed) and m.block.hash == m.qc.block_hash and m.height >= self._next_height:
                 box = self._notices[(m.height, m.block.hash)]
                 box[m.sender] = m
-                if len(box) == self.committee.f + 1 and m.height >= self._next_height:
+                if len(box) == self.committee.f + 1:
                     self._ready[m.height] = m
         self.net.client.clear()
         while self._next_height in self._ready:
