@@ -57,21 +57,55 @@ def test_backtest_simulated_end_to_end(out_dir, capsys):
 
 
 def test_backtest_recorded_parquet_with_labels(out_dir, tmp_path, capsys):
-    """Recorded telemetry plus its labels file; the fit split and ablation come from the cache."""
+    """Recorded telemetry plus its labels file; the fit split and ablation come from the cache.
+    The labels miss one tenant of the telemetry and name one that has none: both are reported
+    (log line and metrics.json), the rest is scored, and the tenants reconcile."""
     tele = str(tmp_path / "rec" / "telemetry")
-    assert main(["simulate", "--out", tele, "--agents", "60", "--duration", "120", "--tenants", "4",
+    assert main(["simulate", "--out", tele, "--agents", "60", "--duration", "120", "--tenants", "5",
                  "--seed", "5000", "--format", "parquet", "--tenant", "rec"]) == 0
+    labels = str(tmp_path / "rec" / "labels.json")
+    with open(labels) as fh:
+        doc = json.load(fh)
+    ghost = dict(doc["scenarios"][0], tenant="ghost")
+    doc["scenarios"] = [d for d in doc["scenarios"] if d["tenant"] != "rec-4"] + [ghost]
+    with open(labels, "w") as fh:
+        json.dump(doc, fh)
     capsys.readouterr()
     rc = main(["backtest", "--out", out_dir, "--input", tele, "--no-consensus", *QUICK])
     assert rc == 0
-    assert "cached" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "cached" in printed
+    assert "not scored: 1 tenants with telemetry but no labels ['rec-4'], 1 labelled tenants without " \
+           "telemetry ['ghost']" in printed
     with open(os.path.join(out_dir, "metrics.json")) as fh:
         m = json.load(fh)
     splits = m["run"]["splits"]
     assert sorted(splits["validation"] + splits["test"]) == [f"rec-{i}" for i in range(4)]
     assert splits["validation"] and splits["test"]
-    assert m["run"]["pipeline"]["reconciles"] and m["run"]["pipeline"]["events"] == 4 * 60 * 120
+    tenants = m["run"]["tenants"]
+    assert tenants == {"scored": [f"rec-{i}" for i in range(4)], "telemetry_without_labels": {"rec-4": 12},
+                       "labels_without_telemetry": ["ghost"]}
+    assert m["run"]["pipeline"]["reconciles"] and m["run"]["pipeline"]["events"] == 5 * 60 * 120
     assert "off" in m["run"]["pipeline"]["consensus"]
+
+
+def test_backtest_refuses_a_broken_labels_file(tmp_path, capsys):
+    """A labels file that cannot be scored stops the run before any pipeline starts, with the
+    tenant and the field in the message."""
+    tele = str(tmp_path / "rec" / "telemetry")
+    assert main(["simulate", "--out", tele, "--agents", "20", "--duration", "20", "--seed", "5001",
+                 "--tenant", "broken"]) == 0
+    labels = str(tmp_path / "rec" / "labels.json")
+    with open(labels) as fh:
+        doc = json.load(fh)
+    doc["scenarios"][0]["cascades"] = [{"trigger_time": doc["scenarios"][0]["start"], "end": 0}]
+    with open(labels, "w") as fh:
+        json.dump(doc, fh)
+    capsys.readouterr()
+    assert main(["backtest", "--out", str(tmp_path / "bt"), "--input", tele, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert f"{labels}: scenario 0 (tenant 'broken'): cascades[0]: missing onset" in err
+    assert not os.path.exists(tmp_path / "bt" / "pipeline")
 
 
 def test_fit_split_in_several_runs_equals_one_run(tmp_path, monkeypatch):

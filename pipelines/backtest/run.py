@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pipelines.backtest import baselines as bl
+from pipelines.backtest.labels import load_labels, reconcile
 from pipelines.backtest.scoring import ScenarioWindows, score_split, threshold_for_budget, threshold_for_f1
 from pipelines.backtest.uncertainty import bootstrap_bar
 from pipelines.backtest.uncertainty import describe as describe_intervals
@@ -255,9 +256,7 @@ def _input_sources(cfg: BacktestConfig) -> tuple[list[str], list[dict]]:
                                                           "labels.json")]
     for c in cands:
         if c and os.path.exists(c):
-            with open(c) as fh:
-                doc = json.load(fh)
-            return paths, doc.get("scenarios", [doc])
+            return paths, load_labels(c)
     raise FileNotFoundError(f"no labels file for {cfg.input} (tried {', '.join(cands)}); give --labels")
 
 
@@ -277,16 +276,7 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     extractor = FeatureExtractor()
     os.makedirs(cfg.out, exist_ok=True)
 
-    fit, fit_info = fit_windows(cfg, train_cfg, spec, extractor, log)
-    fit_info["matches_model_training_data"] = fit_info["data_sha256"] == meta.get("training_data_sha256")
-    tr_idx, va_idx, _ = split_scenarios(len(fit), train_cfg["test_fraction"], train_cfg["val_fraction"],
-                                        train_cfg["seed"])
-    fit_train = [fit[i] for i in tr_idx]
-
-    # validation + test: the streaming job's stages, with prediction and consensus
-    predictor = PredictorSpec("onnx", model_dir)
-    consensus = ConsensusSpec((predictor,) * cfg.validators, 1e-4, RiskBands(), 256) \
-        if cfg.consensus else None
+    # the evaluation splits first: a bad labels file or seed list fails before any simulation
     train_seeds = {sc.seed for sc in ds.scenarios()}
     train_agents, train_graphs = set(ds.agents), set(ds.graphs)
     if cfg.input:
@@ -308,6 +298,17 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         tood = family_scenarios(cfg.ood_seeds, cfg.ood_agents, ds.graphs, ds.mechanisms, duration, "ood")
         sources = [*val, *tid, *tood]
         split_of = {sc.tenant: "validation" if sc in val else "test" for sc in sources}
+
+    fit, fit_info = fit_windows(cfg, train_cfg, spec, extractor, log)
+    fit_info["matches_model_training_data"] = fit_info["data_sha256"] == meta.get("training_data_sha256")
+    tr_idx, va_idx, _ = split_scenarios(len(fit), train_cfg["test_fraction"], train_cfg["val_fraction"],
+                                        train_cfg["seed"])
+    fit_train = [fit[i] for i in tr_idx]
+
+    # validation + test: the streaming job's stages, with prediction and consensus
+    predictor = PredictorSpec("onnx", model_dir)
+    consensus = ConsensusSpec((predictor,) * cfg.validators, 1e-4, RiskBands(), 256) \
+        if cfg.consensus else None
     log(f"evaluation: {len(sources)} {'files' if cfg.input else 'scenarios'} through parse, window, "
         f"features, predict{', consensus' if consensus else ''} (Beam batch)")
     res = _run(sources, spec, os.path.join(cfg.out, "pipeline"), extractor, predictor, consensus, cfg,
@@ -319,6 +320,11 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         seen = doc.get("n_agents") in train_agents and doc.get("graph") in train_graphs
         return ID if seen else OOD
 
+    coverage = reconcile(docs, {t: len(f[0]) for t, f in res.features.items()})
+    if coverage["telemetry_without_labels"] or coverage["labels_without_telemetry"]:
+        log(f"not scored: {len(coverage['telemetry_without_labels'])} tenants with telemetry but no labels "
+            f"{sorted(coverage['telemetry_without_labels'])}, {len(coverage['labels_without_telemetry'])} "
+            f"labelled tenants without telemetry {coverage['labels_without_telemetry']}")
     evald = assemble(res, docs, horizon, family_of)
     val_set = [s for s in evald if split_of.get(s.tenant) == "validation"]
     test_set = [s for s in evald if split_of.get(s.tenant) == "test"]
@@ -357,6 +363,7 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         "fit_split": fit_info, "fit_train_scenarios": len(fit_train), "fit_validation_scenarios": len(va_idx),
         "ablation_model": abl_dir, "non_topology_features": bl.NON_TOPOLOGY,
         "splits": {k: [s.tenant for s in ss] for k, ss in (("validation", val_set), ("test", test_set))},
+        "tenants": coverage,
         "families": {s.tenant: {"family": s.family, "n_agents": s.n_agents, "graph": s.graph} for s in evald},
         "pipeline": {"events": res.read, "elapsed_s": round(res.elapsed_s, 2),
                      "events_per_s": round(res.read / max(res.elapsed_s, 1e-9)),
