@@ -179,6 +179,11 @@ def test_bootstrap_intervals_are_ordered_bounded_and_reproducible(cases, seed):
             assert c["resamples_used"] == 0
         else:
             assert lo_bound <= c["low"] <= c["high"] <= hi_bound
+    # a resample's pooled rate is a weighted mean of the scenarios' own rates
+    rates = [o.false_episodes / o.fleet_hours for o in (outcome(s, a, 0.5) for s, a in zip(ss, aura))]
+    fa = ci["false_alarms_per_fleet_hour"]
+    assert fa["resamples_used"] == 50
+    assert min(rates) - 1e-9 <= fa["low"] <= fa["high"] <= max(rates) + 1e-9
 
 
 def test_bootstrap_of_identical_scenarios_has_no_spread_and_sees_a_clear_winner():
@@ -189,6 +194,9 @@ def test_bootstrap_of_identical_scenarios_has_no_spread_and_sees_a_clear_winner(
     o = outcome(one, perfect, 0.5)
     assert ci["event_recall"]["low"] == ci["event_recall"]["high"] == 1.0
     assert ci["median_lead_time_s"]["low"] == ci["median_lead_time_s"]["high"] == o.lead_times[0]
+    fa = o.false_episodes / o.fleet_hours
+    assert abs(ci["false_alarms_per_fleet_hour"]["low"] - fa) < 1e-12
+    assert abs(ci["false_alarms_per_fleet_hour"]["high"] - fa) < 1e-12
     margin = 1.0 - pr_auc([one], [noise])
     assert abs(ci["pr_auc_margin"]["low"] - margin) < 1e-12
     assert abs(ci["pr_auc_margin"]["high"] - margin) < 1e-12

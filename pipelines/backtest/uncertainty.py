@@ -5,7 +5,9 @@ warned moves the recall by several points. The scenario is the unit that was sam
 windows are not independent), so the bootstrap draws whole scenarios with replacement and
 recomputes, at the thresholds frozen on validation, the PR-AUC margin of AURA over the best
 other method (the one named by the point estimate), AURA's event recall at the operating
-threshold and its median lead time. Percentile intervals; a figure whose interval excludes
+threshold and its median lead time - and, beside the bar, the false alarms per fleet-hour
+that threshold gives on test (it was fitted to the budget on validation, and that need not
+carry over). Percentile intervals; a figure whose interval excludes
 the bar is decided by the data, one whose interval straddles it is not.
 """
 
@@ -39,14 +41,18 @@ def bootstrap_bar(test: list[ScenarioWindows], aura: list[np.ndarray], best: lis
     outs = [outcome(s, a, operating) for s, a in zip(test, aura)]
     onsets = np.array([o.onsets for o in outs])
     warned = np.array([o.warned for o in outs])
+    false = np.array([o.false_episodes for o in outs])
+    hours = np.array([o.fleet_hours for o in outs])
     rng = np.random.default_rng(seed)
-    margin, recall, lead = [], [], []
+    margin, recall, lead, fa = [], [], [], []
     for _ in range(resamples):
         pick = rng.integers(0, len(test), len(test))
         if pb is not None:
             m = _pooled_ap(y, pa, pick) - _pooled_ap(y, pb, pick)
             if np.isfinite(m):
                 margin.append(m)
+        if hours[pick].sum() > 0:
+            fa.append(false[pick].sum() / hours[pick].sum())
         if onsets[pick].sum():
             recall.append(warned[pick].sum() / onsets[pick].sum())
         leads = [x for i in pick for x in outs[i].lead_times]
@@ -60,7 +66,7 @@ def bootstrap_bar(test: list[ScenarioWindows], aura: list[np.ndarray], best: lis
 
     return {"level": level, "resamples": resamples, "unit": "scenario",
             "pr_auc_margin": interval(margin), "event_recall": interval(recall),
-            "median_lead_time_s": interval(lead)}
+            "median_lead_time_s": interval(lead), "false_alarms_per_fleet_hour": interval(fa)}
 
 
 def describe(ci: dict) -> str:
@@ -71,4 +77,5 @@ def describe(ci: dict) -> str:
 
     return (f"{ci['level']:.0%} intervals, {ci['resamples']} resamples of the test scenarios: "
             f"margin {iv('pr_auc_margin', '+.3f')}, recall {iv('event_recall', '.2f')}, "
-            f"median lead {iv('median_lead_time_s', '.0f')} s")
+            f"median lead {iv('median_lead_time_s', '.0f')} s, false alarms per fleet-hour "
+            f"{iv('false_alarms_per_fleet_hour', '.2f')}")
