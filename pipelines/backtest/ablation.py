@@ -12,8 +12,12 @@ import os
 
 import numpy as np
 
+from pipelines.backtest.code_hash import code_hash
 from pipelines.backtest.scoring import ScenarioWindows
 from pipelines.training_data import ScenarioWindows as TrainingWindows
+
+# the model and its training code: a change retrains the ablation
+MODEL_CODE = ("models/cfc.py", "models/train.py", "models/sequences.py")
 
 
 def to_training(data: list[ScenarioWindows], cols: np.ndarray | None = None) -> list[TrainingWindows]:
@@ -32,17 +36,6 @@ def to_training(data: list[ScenarioWindows], cols: np.ndarray | None = None) -> 
     return out
 
 
-def _model_code() -> str:
-    """Hash of the model and its training code: a changed model retrains the ablation."""
-    import models
-
-    h = hashlib.sha256()
-    for name in ("cfc.py", "train.py", "sequences.py"):
-        with open(os.path.join(os.path.dirname(models.__file__), name), "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()
-
-
 def train_without_topology(fit: list[ScenarioWindows], cols: np.ndarray, train_config: dict, cache_dir: str,
                            log=print) -> str:
     """Model directory (model.onnx + model.json) of the ablation, trained once per key."""
@@ -50,8 +43,8 @@ def train_without_topology(fit: list[ScenarioWindows], cols: np.ndarray, train_c
 
     data = to_training(fit, cols)
     cfg = {k: v for k, v in train_config.items() if k != "data"}
-    key = hashlib.sha256((dataset_hash(data) + json.dumps(cfg, sort_keys=True) + _model_code()).encode()
-                         ).hexdigest()[:16]
+    key = hashlib.sha256((dataset_hash(data) + json.dumps(cfg, sort_keys=True)
+                          + code_hash(*MODEL_CODE)).encode()).hexdigest()[:16]
     model_dir = os.path.join(cache_dir, f"cfc_no_topology-{key}")
     if os.path.exists(os.path.join(model_dir, "model.onnx")):
         log(f"ablation: cached CfC without topology features ({model_dir})")

@@ -16,7 +16,6 @@ file instead (tenants split by name into validation and test).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pipelines.backtest import baselines as bl
+from pipelines.backtest.code_hash import code_hash
 from pipelines.backtest.labels import load_labels, reconcile
 from pipelines.backtest.scoring import ScenarioWindows, score_split, threshold_for_budget, threshold_for_f1
 from pipelines.backtest.uncertainty import bootstrap_bar
@@ -40,6 +40,9 @@ ID, OOD = "in_distribution", "out_of_distribution"
 # scenarios per pipeline run: the DirectRunner holds a run's windows in memory (96 training
 # scenarios at once took more than 22 GB; 22 evaluation scenarios with prediction ~6 GB)
 SCENARIOS_PER_RUN = 16
+# the code that makes windows and features: the fit split's cache key changes with it
+WINDOW_CODE = ("pipelines/simulation/*.py", "pipelines/topology/*.py", "pipelines/windowing.py",
+               "pipelines/backtest/columnar.py")
 AURA = "aura_cfc"
 
 
@@ -104,17 +107,6 @@ def family_scenarios(seeds: tuple[int, ...], agents: tuple[int, ...], graphs: tu
                                   graph=str(rng.choice(graphs)), tenant=f"{prefix}-{seed}",
                                   mechanisms=tuple(mechanisms)))
     return out
-
-
-def _source_hash() -> str:
-    """The code that makes windows and features: a cache key part that changes with it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    h = hashlib.sha256()
-    for pattern in ("simulation/*.py", "topology/*.py", "windowing.py", "backtest/columnar.py"):
-        for path in sorted(glob.glob(os.path.join(root, pattern))):
-            with open(path, "rb") as fh:
-                h.update(fh.read())
-    return h.hexdigest()
 
 
 # -- windows ----------------------------------------------------------------------------------
@@ -219,8 +211,8 @@ def fit_windows(cfg: BacktestConfig, train_cfg: dict, spec: WindowSpec, extracto
     if cfg.fit_duration_s:
         scenarios = [ScenarioConfig(**{**asdict_shallow(sc), "duration_s": cfg.fit_duration_s})
                      for sc in scenarios]
-    key = hashlib.sha256(json.dumps([repr(sc) for sc in scenarios]).encode() + _source_hash().encode()
-                         ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([repr(sc) for sc in scenarios]).encode()
+                         + code_hash(*WINDOW_CODE).encode()).hexdigest()[:16]
     cache_dir = os.path.join(cfg.out, "cache")
     path = os.path.join(cache_dir, f"fit-windows-{key}.npz")
     if cfg.cache and os.path.exists(path):
