@@ -47,6 +47,7 @@ def test_backtest_simulated_end_to_end(out_dir, capsys):
     p = run["pipeline"]
     assert p["reconciles"] and p["events"] == p["counts"]["read"] > 0
     assert p["committed"] == p["counts"]["windows"] == 80 and p["disputed"] == 0  # 4 x 200 s of 10 s windows
+    assert p["scored_windows_without_committed_verdict"] == 0
     assert set(m["bar"]) >= {"pr_auc", "best_baseline", "pr_auc_margin", "event_recall_at_operating",
                              "median_lead_time_s", "met"}
     with open(os.path.join(out_dir, "report.html")) as fh:
@@ -87,6 +88,7 @@ def test_backtest_recorded_parquet_with_labels(out_dir, tmp_path, capsys):
                        "labels_without_telemetry": ["ghost"]}
     assert m["run"]["pipeline"]["reconciles"] and m["run"]["pipeline"]["events"] == 5 * 60 * 120
     assert "off" in m["run"]["pipeline"]["consensus"]
+    assert m["run"]["pipeline"]["scored_windows_without_committed_verdict"] == 0  # every window predicted
 
 
 def test_backtest_refuses_a_broken_labels_file(tmp_path, capsys):

@@ -209,3 +209,19 @@ def test_bootstrap_interval_widens_with_disagreeing_scenarios():
     ci = bootstrap_bar([hit, miss] * 5, [hit.label.astype(float), np.zeros(30)] * 5, None, 0.5, resamples=500)
     r = ci["event_recall"]
     assert r["low"] < 0.5 < r["high"] and r["resamples_used"] == 500  # the point estimate, 0.5, inside
+
+
+def test_windows_without_a_committed_verdict_score_zero_and_are_counted():
+    from types import SimpleNamespace
+
+    from pipelines.backtest.run import aura_scores, windows_without_verdict
+
+    s = scenario(6, [T0 + 45.0], [20.0])
+    starts = np.arange(6) * 10_000  # window starts in ms, as the pipeline keys them
+    committed = {("t", int(w)): {"probability": 0.25 + 0.1 * i} for i, w in enumerate(starts) if i != 2}
+    res = SimpleNamespace(features={"t": (starts, s.window_end, s.features)}, predictions=committed)
+    got = aura_scores(res, s)
+    assert got[2] == 0.0 and np.allclose(np.delete(got, 2), [0.25, 0.35, 0.55, 0.65, 0.75])
+    assert windows_without_verdict(res, [s]) == 1
+    res.predictions = {}
+    assert windows_without_verdict(res, [s, s]) == 12

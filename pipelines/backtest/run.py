@@ -134,6 +134,13 @@ def aura_scores(results, s: ScenarioWindows) -> np.ndarray:
                      if (s.tenant, int(w)) in results.predictions else 0.0 for w in starts])
 
 
+def windows_without_verdict(results, scenarios: list[ScenarioWindows]) -> int:
+    """Scored windows with no committed verdict (disputed, or never predicted): they raised
+    no alarm, so ``aura_scores`` gives them 0, and the run says how many there were."""
+    return sum((s.tenant, int(w)) not in results.predictions
+               for s in scenarios for w in results.features[s.tenant][0])
+
+
 def _save_windows(path: str, data: list[ScenarioWindows]) -> None:
     arrays, meta = {}, []
     for i, s in enumerate(data):
@@ -337,6 +344,10 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     methods = [bl.StaticThresholdRule(), bl.EarlyWarningSignals(), bl.IsolationForestBaseline(),
                bl.LogisticAllFeatures(), bl.SequenceScorer(abl, cols, "cfc_no_topology")]
     scores: dict[str, dict[str, np.ndarray]] = {AURA: {s.tenant: aura_scores(res, s) for s in evald}}
+    uncommitted = windows_without_verdict(res, evald)
+    if uncommitted:
+        log(f"{uncommitted} scored windows have no committed verdict (disputed or not predicted): "
+            f"AURA scores them 0")
     for m in methods:
         m.fit(fit_train)
         scores[m.name] = {s.tenant: np.asarray(m.score(s), dtype=float) for s in evald}
@@ -361,6 +372,7 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
                      "events_per_s": round(res.read / max(res.elapsed_s, 1e-9)),
                      "reconciles": res.reconciles, "counts": res.counts,
                      "committed": len(res.predictions), "disputed": len(res.disputed),
+                     "scored_windows_without_committed_verdict": uncommitted,
                      "consensus": "BFT (pipelines/beam/consensus.py)" if consensus else
                      "off: predictions pass through uncommitted (--no-consensus)"},
         "horizon_s": horizon, "window_s": spec.size_s,
