@@ -47,17 +47,17 @@ def check_labels(obj: object, source: str = "labels") -> list[dict]:
         raise LabelsError(f"{source}: expected a JSON object with a 'scenarios' list, "
                           f"got {type(obj).__name__}")
     validate = _validator()
-    for i, doc in enumerate(obj.get("scenarios") if isinstance(obj.get("scenarios"), list) else []):
+    docs = obj.get("scenarios")
+    try:  # the file's own fields; each document is checked once, below, where it can be named
+        validate({**obj, "scenarios": []} if isinstance(docs, list) else obj)
+    except fastjsonschema.JsonSchemaValueException as err:
+        raise LabelsError(f"{source}: {_reason(err, err.name.removeprefix('data').lstrip('.'))}") from None
+    for i, doc in enumerate(docs):
         try:
             validate({"scenarios": [doc]})
         except fastjsonschema.JsonSchemaValueException as err:
             field = err.name.replace("data.scenarios[0]", "").lstrip(".")
             raise LabelsError(f"{source}: {_where(i, doc)}: {_reason(err, field)}") from None
-    try:
-        validate(obj)
-    except fastjsonschema.JsonSchemaValueException as err:
-        raise LabelsError(f"{source}: {_reason(err, err.name.removeprefix('data').lstrip('.'))}") from None
-    docs = obj["scenarios"]
     seen: set[str] = set()
     for i, doc in enumerate(docs):
         where = f"{source}: {_where(i, doc)}"
