@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean serve triton-venv flink-udf
+.PHONY: demo test test-slow bench lint clean serve triton-venv flink-udf debs api
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ $(TRITON_STAMP): triton_repo/server-requirements.txt
 
 triton-venv: $(TRITON_STAMP)
 
+# Debian packages the tests start for real (the service's alerts go to a real Alertmanager).
+ALERTMANAGER := /usr/bin/prometheus-alertmanager
+$(ALERTMANAGER):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager
+
+debs: $(ALERTMANAGER)
+
 # The Flink job's Java table function, compiled from pipelines/flink/java (needs javac 11+)
 # into a cache keyed by source hash; the job also builds it at first use.
 flink-udf: $(STAMP)
@@ -38,11 +46,14 @@ serve: $(STAMP) $(TRITON_STAMP)
 demo: $(STAMP)
 	$(BIN)/aura demo
 
-test: $(STAMP) $(TRITON_STAMP) flink-udf
+api: $(STAMP)
+	$(BIN)/aura api
+
+test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) $(TRITON_STAMP)
+test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP) $(TRITON_STAMP)

@@ -45,6 +45,22 @@ RUNTIME = [
     # the Flink job (issue 8): PyFlink with its bundled jars (files, json, table); it pins
     # apache-beam <= 2.61, pandas < 2.3, pyarrow < 21, which the pins above satisfy
     "apache-flink==2.3.0",
+    # the service (issue 16): FastAPI on uvicorn, OTLP in (opentelemetry-proto messages), metrics out;
+    # the same OpenTelemetry SDK and exporter instrument the testbed's real agent processes, which
+    # are LangGraph graphs; these versions resolve beside protobuf 5.29 / grpcio 1.65 (DESIGN.md)
+    "fastapi==0.165.0",
+    "starlette==1.10.0",
+    "uvicorn==0.54.0",
+    "pydantic==2.14.4",
+    "httpx==0.28.1",
+    "prometheus-client==0.26.0",
+    "opentelemetry-proto==1.45.2",
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp==1.45.2",
+    "langgraph==1.2.24",
+    "langgraph-checkpoint==4.3.2",
+    "langgraph-checkpoint-sqlite==3.1.2",
+    "langchain-core==1.8.3",
 ]
 
 # training and export only; never imported on the runtime path
@@ -62,6 +78,8 @@ TEST = [
     "hypothesis==6.170.15",
     "jsonschema==4.26.0",
     "ruff==0.17.6",
+    # Starlette 1.x's TestClient runs on httpx2
+    "httpx2==2.16.2",
 ]
 
 setup(

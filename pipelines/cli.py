@@ -282,7 +282,7 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
 
 
 # -- demo ----------------------------------------------------------------------------------
-def write_fault_file(landing: str) -> None:
+def fault_lines() -> bytes:
     """Records the contract rejects, one of each kind, plus one far too late."""
     good = {"tenant": "acme", "agent_id": "a00000", "ts": "2026-01-01T00:09:59Z",
             "latency_p50_ms": 10.0, "latency_p99_ms": 20.0, "error_rate": 0.0, "request_count": 10,
@@ -294,65 +294,109 @@ def write_fault_file(landing: str) -> None:
            json.dumps({**good, "request_count": "ten"}),
            json.dumps({**good, "ts": "2099-01-01T00:00:00Z"}),
            json.dumps({**good, "ts": "2026-01-01T00:00:01Z"})]  # windows long closed: late
-    tmp = os.path.join(landing, "zz-faults.ndjson.tmp")
-    with open(tmp, "w") as fh:
-        fh.write("\n".join(bad) + "\n")
-    os.replace(tmp, tmp[:-4])
+    return ("\n".join(bad) + "\n").encode()
 
 
 DEMO_SEVERITIES = (0.05, 0.95, 0.1)  # a fizzle, then a cascade (mechanisms cycle; 600 s hold two)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def demo(a: argparse.Namespace) -> int:
-    """Simulate a 200-agent fleet into a landing directory while the streaming job reads it."""
+    """Start ``aura api`` (which runs the streaming job and the graph), simulate a 200-agent
+    fleet and send its telemetry to the service as it is produced, then stop the service and
+    show what the job did."""
     import shutil
+    import signal
+    import subprocess
+
+    import httpx
+
+    from pipelines.beam.job import RunSummary
+    from pipelines.service import outputs
 
     root = a.out
     shutil.rmtree(root, ignore_errors=True)
-    landing = os.path.join(root, "landing")
-    os.makedirs(landing)
-    sim_args = argparse.Namespace(
-        out=landing, labels=os.path.join(root, "labels.json"), agents=a.agents, duration=a.duration,
-        tick=1.0, seed=a.seed, graph="layered", mechanisms=MECHANISMS, severities=DEMO_SEVERITIES,
-        tenant="acme", tenants=1, format="ndjson", file_seconds=10.0, start=ScenarioConfig.start_epoch_s)
-    result: dict = {}
-    failure: list[BaseException] = []
+    outbox = os.path.join(root, "outbox")
+    os.makedirs(outbox)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(os.path.join(root, "api.log"), "wb") as log:
+        service = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "api", "--port", str(port),
+                                    "--data-dir", root, "--default-tenant", "acme"],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        if not _wait_ready(base, service, 180.0):
+            raise RuntimeError(f"aura api did not become ready; see {os.path.join(root, 'api.log')}")
+        print(f"aura api (pid {service.pid}) on {base} while the demo lasts: try "
+              f"curl {base}/v1/tenants/acme/risk | {base}/docs", file=sys.stderr)
+        sim_args = argparse.Namespace(
+            out=outbox, labels=os.path.join(root, "labels.json"), agents=a.agents, duration=a.duration,
+            tick=1.0, seed=a.seed, graph="layered", mechanisms=MECHANISMS, severities=DEMO_SEVERITIES,
+            tenant="acme", tenants=1, format="ndjson", file_seconds=10.0, start=ScenarioConfig.start_epoch_s)
+        with httpx.Client(base_url=base, timeout=60.0) as client:
+            def send(path: str, _rows: int) -> None:
+                with open(path, "rb") as fh:
+                    r = client.post("/v1/telemetry", content=fh.read(),
+                                    headers={"Content-Type": "application/x-ndjson"})
+                r.raise_for_status()
+                os.unlink(path)
 
-    def produce():
+            from pipelines.simulation.output import simulate_to_dir, write_labels
+            from pipelines.simulation.scenario import Scenario
+
+            docs = simulate_to_dir([Scenario(c) for c in scenario_configs(sim_args)], outbox, "ndjson",
+                                   10.0, a.pace, send)
+            write_labels(docs, sim_args.labels)
+            client.post("/v1/telemetry", content=fault_lines()).raise_for_status()
+        print(f"sent {a.duration:.0f} s of telemetry in {time.monotonic() - t0:.0f} s; draining the service",
+              file=sys.stderr)
+    finally:
+        service.send_signal(signal.SIGTERM)  # drains: the job reads everything landed, then ends
         try:
-            result.update(simulate(sim_args, pace_s=a.pace, quiet=True))
-        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
-            failure.append(err)
-        finally:
-            write_fault_file(landing)  # a few bad and late records, to show the dead letters
-            open(os.path.join(landing, "_STOP"), "w").close()
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    run_args = argparse.Namespace(config=None, input=None, landing=landing, out=os.path.join(root, "run"),
-                                  mode="streaming", window_size_s=None, window_slide_s=None,
-                                  allowed_lateness_s=None, max_out_of_orderness_s=None,
-                                  idle_timeout_s=None, max_runtime_s=None, no_progress=a.no_progress,
-                                  features=None, ph_backend=None, comove_max_points=None,
-                                  predict=None, model_dir=None, predictor=None, triton_url=None,
-                                  triton_protocol=None)
-    summary = run_job(run_args, progress_total=int(a.agents * a.duration))
-    producer.join()
-    if failure:
-        raise failure[0]
-    docs = result["docs"]
+            service.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            service.kill()
+    run_dir = os.path.join(root, "run")
+    with open(os.path.join(run_dir, "summary.json")) as fh:
+        summary = RunSummary.from_dict(json.load(fh))
     cascades = [c for d in docs for c in d["cascades"]]
     fizzles = [f for d in docs for f in d["fizzles"]]
+
     def when(t: float) -> str:
         return f"+{t - ScenarioConfig.start_epoch_s:.0f}s"
 
-    extra = {"labels": result["labels"],
+    verdict = outputs.latest_verdict(run_dir, "acme")
+    extra = {"labels": sim_args.labels,
              "cascades (simulated)": ", ".join(f"{c['mechanism']} @ {when(c['onset'])}"
                                                for c in cascades) or "none",
              "fizzled triggers": ", ".join(f"{f['mechanism']} @ {when(f['trigger_time'])}"
-                                           for f in fizzles) or "none"}
+                                           for f in fizzles) or "none",
+             "latest committed risk": f"{verdict['probability']:.2f}" if verdict else "none",
+             "service log": os.path.join(root, "api.log")}
     print(render_summary(summary, extra))
     return 0 if summary.reconciles else 1
+
+
+def _wait_ready(base: str, proc, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(base + "/readyz", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    return False
 
 
 # -- validate ------------------------------------------------------------------------------
@@ -574,6 +618,47 @@ def backtest(a: argparse.Namespace) -> int:
     return 0 if metrics["run"]["pipeline"]["reconciles"] else 1
 
 
+# -- api -----------------------------------------------------------------------------------
+def add_api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file: an [api] table, and a [run] table for the streaming job")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, help="default 4318, the OTLP/HTTP port")
+    p.add_argument("--data-dir", dest="data_dir", help="spool, landing and the job's outputs "
+                   "(default output/api)")
+    p.add_argument("--default-tenant", dest="default_tenant")
+    p.add_argument("--alertmanager-url", dest="alertmanager_url", help="e.g. http://127.0.0.1:9093")
+    p.add_argument("--alert-webhook-url", dest="alert_webhook_url")
+    p.add_argument("--external-url", dest="external_url", help="how people reach this service (alert links)")
+    p.add_argument("--no-job", dest="start_job", action="store_false", default=None,
+                   help="ingest only: the streaming job runs elsewhere on <data-dir>/landing")
+    p.add_argument("--no-graph", dest="graph", action="store_false", default=None)
+
+
+def load_service_config(a: argparse.Namespace):
+    """The service's ApiConfig and its job's RunConfig (file, then AURA_API_* / AURA_RUN_*, then flags)."""
+    from pipelines.config import load_api_config, load_run_config
+
+    keys = ("host", "port", "data_dir", "default_tenant", "alertmanager_url", "alert_webhook_url",
+            "external_url", "start_job")
+    api = load_api_config(a.config, **{k: getattr(a, k, None) for k in keys})
+    run = load_run_config(a.config, landing=os.path.join(api.data_dir, "landing"),
+                          out=os.path.join(api.data_dir, "run"), graph=getattr(a, "graph", None))
+    return api, run
+
+
+def api(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipelines.service.app import create_app
+
+    api_cfg, run_cfg = load_service_config(a)
+    app = create_app(api_cfg, run_cfg)
+    print(f"aura api on http://{api_cfg.host}:{api_cfg.port} (OTLP/HTTP: POST /v1/traces; docs: /docs); "
+          f"data in {api_cfg.data_dir}", file=sys.stderr)
+    uvicorn.run(app, host=api_cfg.host, port=api_cfg.port, log_level="warning", access_log=False)
+    return 0
+
+
 # -- entry point ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aura", description="AURA: early warning for cascading "
@@ -621,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     ak.add_argument("--validators", type=int, default=4, help="n = 3f+1 (default 4)")
     add_backtest_args(sub.add_parser("backtest", help="score cascade predictions and baselines on "
                                      "held-out labelled telemetry (Beam batch); report.html + metrics.json"))
+    add_api_args(sub.add_parser("api", help="the service: OTLP + native telemetry in, risk / windows / "
+                                "incidents / agents out, alerts to Alertmanager; runs the streaming job"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -653,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(a)
         if a.command == "backtest":
             return backtest(a)
+        if a.command == "api":
+            return api(a)
         if a.command == "audit":
             return audit_keygen(a) if a.audit_command == "keygen" else audit_verify(a)
         return validate(a)

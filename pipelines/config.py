@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 import types
 import typing
@@ -12,6 +14,7 @@ from pipelines.telemetry import TimestampGuard
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.filtrations import CoMovementCloud, StressFiltration
 from pipelines.windowing import WindowSpec
+from schemas import tenant_pattern
 
 
 @dataclass
@@ -91,7 +94,6 @@ class RunConfig:
     def consensus_spec(self):
         """The consensus stage's settings, or None without prediction or with ``consensus = false``."""
         from pipelines.beam.consensus import ConsensusSpec
-        from pipelines.consensus.validator import RiskBands
 
         if not (self.predict and self.consensus):
             return None
@@ -103,9 +105,6 @@ class RunConfig:
         if len(kinds) != self.validators or not set(kinds) <= {"onnx", "triton"}:
             raise ValueError(f"validator_backends: one of onnx|triton, or {self.validators} of them "
                              f"comma-separated; got {self.validator_backends!r}")
-        cuts = tuple(float(c) for c in self.risk_bands.split(",") if c.strip())
-        names = ("low", "elevated", "high")\
-            if len(cuts) == 2 else tuple(f"band{i}" for i in range(len(cuts) + 1))
         if self.consensus_epsilon < 0 or self.max_block < 1:
             raise ValueError("consensus_epsilon must be >= 0 and max_block >= 1")
         model_dir = self.model_dir or DEFAULT_MODEL_DIR
@@ -114,8 +113,17 @@ class RunConfig:
             from pipelines.consensus.keys import load_keys
 
             load_keys(self.validator_keys, self.validators)
-        return ConsensusSpec(specs, self.consensus_epsilon, RiskBands(cuts, names), self.max_block,
+        return ConsensusSpec(specs, self.consensus_epsilon, self.bands(), self.max_block,
                              self.validator_keys)
+
+    def bands(self):
+        """The risk bands (low | elevated | high for two cut points)."""
+        from pipelines.consensus.validator import RiskBands
+
+        cuts = tuple(float(c) for c in self.risk_bands.split(",") if c.strip())
+        names = ("low", "elevated", "high")\
+            if len(cuts) == 2 else tuple(f"band{i}" for i in range(len(cuts) + 1))
+        return RiskBands(cuts, names)
 
     def predictor_spec(self) -> PredictorSpec | None:
         """The predictor when predicting (its model checked to load), else None."""
@@ -152,13 +160,58 @@ class RunConfig:
         return TimestampGuard(self.max_ahead_s, self.max_behind_s)
 
 
+@dataclass
+class ApiConfig:
+    """Configuration of ``aura api`` (the service); the streaming job it starts is a ``RunConfig``."""
+
+    host: str = "127.0.0.1"
+    port: int = 4318  # the OTLP/HTTP port, so an exporter's default endpoint reaches AURA unchanged
+    data_dir: str = "output/api"  # spool/, landing/ and run/ (the streaming job's --out) live here
+    default_tenant: str = "default"  # tenant of spans without X-Aura-Tenant or an aura.tenant attribute
+    max_body_bytes: int = 16 * 1024 * 1024  # larger request bodies (after gzip, too) answer 413
+    max_backlog_files: int = 2000  # spooled requests not yet aggregated; past this, 429 + Retry-After
+    retry_after_s: int = 1
+    # a second of a tenant's spans is sealed into records once spans this much later (event time) arrived;
+    # it must cover the spread of the fleet's export delays (the SDK's BatchSpanProcessor: 5 s by default)
+    grace_s: float = 6.0
+    idle_flush_s: float = 5.0  # ... or after this long (wall time) without new spans from its tenant
+    start_job: bool = True  # start the streaming job (and the embedded graph server) with the service
+    alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093; None: alerts kept local
+    alert_webhook_url: str | None = None  # a generic webhook that also gets every alert
+    external_url: str | None = None  # how people reach this service (links in alerts); None: host:port
+    alert_resolve_windows: int = 3  # windows below the high band (fleet healthy) before an alert resolves
+    alert_resend_s: float = 30.0  # active alerts are re-sent this often (Alertmanager resolves silent ones)
+    drain_timeout_s: float = 600.0  # on shutdown: time for the spool and the job to finish what was accepted
+
+    def validate(self) -> ApiConfig:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_body_bytes < 1024 or self.max_backlog_files < 1 or self.retry_after_s < 1:
+            raise ValueError("max_body_bytes must be >= 1024, max_backlog_files >= 1, retry_after_s >= 1")
+        if self.grace_s < 0 or self.idle_flush_s <= 0:
+            raise ValueError("grace_s must be >= 0 and idle_flush_s > 0")
+        if self.drain_timeout_s <= 0:
+            raise ValueError("drain_timeout_s must be > 0")
+        if self.alert_resolve_windows < 1 or self.alert_resend_s <= 0:
+            raise ValueError("alert_resolve_windows must be >= 1 and alert_resend_s > 0")
+        if not re.fullmatch(tenant_pattern(), self.default_tenant):
+            raise ValueError(f"default_tenant {self.default_tenant!r} is not a valid tenant name")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.external_url or f"http://{self.host}:{self.port}"
+
+
 def _coerce(value, hint):
-    """Coerce a TOML/flag value to a dataclass field's annotated type."""
+    """Coerce a TOML/flag/environment value to a dataclass field's annotated type."""
     args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
+    if isinstance(value, str) and hint is not str:  # from the environment
+        value = _from_text(value, hint)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint):
@@ -166,20 +219,65 @@ def _coerce(value, hint):
     return value
 
 
-def load_run_config(path: str | None = None, **overrides) -> RunConfig:
-    """RunConfig from the ``[run]`` table of a TOML file, then non-None overrides."""
+def _from_text(text: str, hint):
+    if hint is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise TypeError(f"expected a boolean (true/false), got {text!r}")
+    try:
+        return hint(text)
+    except ValueError as err:
+        raise TypeError(f"expected {hint.__name__}, got {text!r}") from err
+
+
+def _load(cls, table: str, path: str | None, env_prefix: str, overrides: dict):
+    """``cls`` from the ``[table]`` of a TOML file, then ``<env_prefix><FIELD>`` environment
+    variables, then non-None overrides (flags); each later source wins."""
     values: dict = {}
     if path:
         with open(path, "rb") as fh:
-            values = tomllib.load(fh).get("run", {})
-    known = {f.name for f in fields(RunConfig)}
+            values = tomllib.load(fh).get(table, {})
+    known = {f.name for f in fields(cls)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown [run] settings in {path}: {sorted(unknown)}")
+        raise ValueError(f"unknown [{table}] settings in {path}: {sorted(unknown)}")
+    values.update({name: os.environ[env_prefix + name.upper()] for name in known
+                   if env_prefix + name.upper() in os.environ})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    hints = typing.get_type_hints(RunConfig)
+    hints = typing.get_type_hints(cls)
     try:
         typed = {k: _coerce(v, hints[k]) for k, v in values.items()}
     except TypeError as err:
         raise ValueError(f"bad configuration value: {err}") from err
-    return RunConfig(**typed).validate()
+    return cls(**typed).validate()
+
+
+def load_run_config(path: str | None = None, **overrides) -> RunConfig:
+    """RunConfig from the ``[run]`` table of a TOML file, ``AURA_RUN_<FIELD>`` variables, then
+    non-None overrides."""
+    return _load(RunConfig, "run", path, "AURA_RUN_", overrides)
+
+
+def load_api_config(path: str | None = None, **overrides) -> ApiConfig:
+    """ApiConfig from the ``[api]`` table of the same TOML file, ``AURA_API_<FIELD>``, then flags."""
+    return _load(ApiConfig, "api", path, "AURA_API_", overrides)
+
+
+def run_config_toml(cfg: RunConfig) -> str:
+    """A ``[run]`` table that loads back into ``cfg`` (the service hands its job the exact config)."""
+    lines = ["[run]"]
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is not None:
+            lines.append(f"{f.name} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

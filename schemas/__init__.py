@@ -13,3 +13,10 @@ TELEMETRY_EXPECTATIONS = SCHEMA_DIR / "expectations" / f"telemetry_batch.v{TELEM
 FEATURES_SCHEMA_VERSION = 1
 FEATURES_SCHEMA = SCHEMA_DIR / f"features.v{FEATURES_SCHEMA_VERSION}.json"
 LABELS_JSON_SCHEMA = SCHEMA_DIR / "labels.v1.json"
+
+
+def tenant_pattern() -> str:
+    """The telemetry contract's tenant pattern (anchored), for checks outside the parser."""
+    import json
+
+    return json.loads(TELEMETRY_JSON_SCHEMA.read_text())["properties"]["tenant"]["pattern"]

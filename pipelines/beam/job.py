@@ -92,6 +92,14 @@ class RunSummary:
                 "elapsed_s": round(self.elapsed_s, 3),
                 "reconciles": self.reconciles}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSummary:
+        """Back from ``summary.json`` (``reconciles`` is recomputed, not trusted)."""
+        return cls(d["mode"], d["out_dir"], d["read"], d["windowed"], Counter(d["dead_by_reason"]),
+                   d["panes"], d["windows"], d["feature_rows"], d["predictions"],
+                   Counter(d["windows_dead_lettered"]), Counter(d["graph"]), Counter(d["consensus"]),
+                   d["files"], d["elapsed_s"])
+
 
 def _fill(summary: RunSummary, counts: Counter) -> RunSummary:
     summary.windowed = counts["windowed"]

@@ -36,6 +36,17 @@ RETURN properties(p) AS prediction, properties(w) AS window, a.id AS agent, r.ra
 ORDER BY rank
 """
 
+AGENT = """
+MATCH (a:Agent {key: $key})
+OPTIONAL MATCH (a)-[o:CALLS]->(callee:Agent)
+WITH a, collect(CASE WHEN callee IS NULL THEN NULL ELSE {agent: callee.id, calls: o.weight, errors: o.errors,
+     latency_ms: o.latency_ms, last_window: o.last_window} END) AS callees
+OPTIONAL MATCH (caller:Agent)-[i:CALLS]->(a)
+RETURN properties(a) AS agent, callees,
+       collect(CASE WHEN caller IS NULL THEN NULL ELSE {agent: caller.id, calls: i.weight, errors: i.errors,
+       latency_ms: i.latency_ms, last_window: i.last_window} END) AS callers
+"""
+
 LATEST = """
 MATCH (p:Prediction {tenant: $tenant}) RETURN p.key AS key ORDER BY p.window_start DESC LIMIT 1
 """
@@ -74,6 +85,16 @@ def prediction(driver, database: str, tenant: str, window_start: int | None = No
     return {"prediction": rows[0]["prediction"], "window": window,
             "implicated": [{"agent": r["agent"], "rank": r["rank"], "involvement": r["involvement"]}
                            for r in rows if r["agent"] is not None]}
+
+
+def agent(driver, database: str, tenant: str, agent_id: str) -> dict | None:
+    """One agent's latest written metrics with its callers and callees (CALLS edges)."""
+    rows = _run(driver, database, AGENT, key=f"{tenant}/{agent_id}")
+    if not rows:
+        return None
+    r = rows[0]
+    return {"agent": r["agent"], "callers": [c for c in r["callers"] if c],
+            "callees": [c for c in r["callees"] if c]}
 
 
 def _cell(v) -> str:

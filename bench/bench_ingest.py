@@ -1,0 +1,134 @@
+"""OTLP/HTTP ingestion: spans/s accepted by ``aura api`` on one core, with request latency.
+
+Starts the real service (``aura api --no-job``: handlers + spool worker, no streaming job)
+pinned to core 0 with ``taskset`` (its spool worker moved to the other core, where this
+load generator also runs), and sends pre-encoded OTLP protobuf export requests made by the
+real OpenTelemetry SDK's encoder (512 spans each, the SDK's default batch; 8 services,
+server + client spans with parent/child links, timestamps of consecutive seconds) over
+``--concurrency`` keep-alive connections for ``--seconds``. A 200 means the request is
+fsynced into the spool. Prints spans/s, requests/s, p50/p99/max latency and the CPU the
+service used, and checks the worker's ledger: every span received is in a record or a
+dead letter once it drains.
+
+    python bench/bench_ingest.py [--seconds 20] [--concurrency 8] [--spans 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.otlp_payloads import fleet_request  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(url: str, payloads: list[bytes], seconds: float, concurrency: int) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    deadline = time.perf_counter() + seconds
+    headers = {"Content-Type": "application/x-protobuf", "X-Aura-Tenant": "bench"}
+    async with httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker(k: int):
+            i = k
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                r = await client.post(url, content=payloads[i % len(payloads)], headers=headers)
+                out.append((time.perf_counter() - t0, r.status_code))
+                i += concurrency
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--spans", type=int, default=512)
+    p.add_argument("--payloads", type=int, default=64)
+    a = p.parse_args()
+    root = tempfile.mkdtemp(prefix="aura-bench-ingest-")
+    port = free_port()
+    t_base = time.time() - 60
+    payloads = [fleet_request(a.spans, t_base + i, seed=i) for i in range(a.payloads)]
+    cmd = ["taskset", "-c", "0", sys.executable, "-m", "pipelines.cli", "api", "--no-job",
+           "--port", str(port), "--data-dir", root, "--default-tenant", "bench"]
+    log = open(os.path.join(root, "api.log"), "wb")  # noqa: SIM115
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("aura api did not start: " + Path(root, "api.log").read_text())
+        worker = [int(x) for x in subprocess.check_output(["pgrep", "-P", str(server.pid)]).split()]
+        for pid in worker:
+            subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=True, capture_output=True)
+        os.sched_setaffinity(0, {1})
+        warm = asyncio.run(load(base + "/v1/traces", payloads[:4], 2.0, a.concurrency))
+        cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+        results = asyncio.run(load(base + "/v1/traces", payloads, a.seconds, a.concurrency))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds(server.pid) - cpu0
+        lat = np.array([r[0] for r in results]) * 1e3
+        ok = sum(1 for r in results if r[1] == 200)
+        codes = {c: sum(1 for r in results if r[1] == c) for c in sorted({r[1] for r in results})}
+        print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.python_version()}; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}")
+        print(f"requests: {len(results)} ({codes}), {a.spans} spans each, concurrency {a.concurrency}, "
+              f"{wall:.1f} s")
+        print(f"spans/s accepted: {ok * a.spans / wall:,.0f}  (requests/s {ok / wall:,.0f})")
+        print(f"latency ms: p50 {np.percentile(lat, 50):.2f}  p99 {np.percentile(lat, 99):.2f}  "
+              f"max {lat.max():.2f}")
+        print(f"service CPU: {cpu:.1f} s over {wall:.1f} s = {cpu / wall:.2f} cores (pinned to one); "
+              f"spans/s per CPU-second: {ok * a.spans / max(cpu, 1e-9):,.0f}")
+        spool = os.path.join(root, "spool")
+        deadline = time.time() + 120
+        while time.time() < deadline and any(n.endswith(".pb") for n in os.listdir(spool)):
+            time.sleep(0.5)
+        server.terminate()
+        server.wait(60)
+        with open(os.path.join(root, "ingest", "ledger.json")) as fh:
+            ledger = json.load(fh)
+        accepted = (ok + sum(1 for r in warm if r[1] == 200)) * a.spans
+        print(f"ledger after drain: {json.dumps(ledger)}")
+        print(f"reconciles: spans accepted {accepted} = received by the worker {ledger['spans_received']} "
+              f"= in records {ledger['spans_in_records']} + dead-lettered {ledger['spans_dead_total']}: "
+              + ("yes" if accepted == ledger["spans_received"] == ledger["spans_in_records"]
+                 + ledger["spans_dead_total"] else "NO"))
+    finally:
+        if server.poll() is None:
+            server.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""AURA as a service: OTLP and native ingestion, reads, alerts (``aura api``)."""

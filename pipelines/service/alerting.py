@@ -1,0 +1,47 @@
+"""The alert service inside ``aura api``: committed verdicts in the job's outputs -> alerts in
+Alertmanager (and an optional webhook), incidents under ``run/incidents``."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pipelines.alerts.service import AlertService, build_service
+from pipelines.config import ApiConfig, RunConfig
+
+# counters that are levels, not totals
+_GAUGES = {"incidents_open", "spill_pending", "tenants", "last_poll_ms", "files_waiting_features"}
+
+
+class ServiceAlerts:
+    """A running ``AlertService`` with its metrics."""
+
+    def __init__(self, service: AlertService):
+        self.service = service
+
+    def stop(self) -> None:
+        self.service.stop()
+
+    def metric_families(self) -> list:
+        out = []
+        for name, value in sorted(self.service.counters().items()):
+            if name in _GAUGES:
+                g = GaugeMetricFamily(f"aura_alerts_{name}", f"alert service: {name.replace('_', ' ')}")
+                g.add_metric([], value)
+                out.append(g)
+            else:
+                c = CounterMetricFamily(f"aura_alerts_{name}", f"alert service: {name.replace('_', ' ')}")
+                c.add_metric([], value)
+                out.append(c)
+        return out
+
+
+def start_alerts(api: ApiConfig, run: RunConfig, log) -> ServiceAlerts:
+    """Start watching ``run.out``; alerts stay local (incident records) without a sink URL."""
+    svc = build_service(run.out, alertmanager_url=api.alertmanager_url, webhook_url=api.alert_webhook_url,
+                        external_url=api.url, risk_bands=run.risk_bands,
+                        resolve_windows=api.alert_resolve_windows, resend_interval_s=api.alert_resend_s,
+                        latency_ref_ms=run.latency_ref_ms, timeout_ms=run.timeout_ms).start()
+    urls = [u for u in (api.alertmanager_url, api.alert_webhook_url) if u]
+    sinks = ", ".join(urls) or "none (incidents only)"
+    log(f"aura api: alerts from {run.out} to {sinks}")
+    return ServiceAlerts(svc)

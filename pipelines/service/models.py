@@ -1,0 +1,73 @@
+"""Typed request and response models of the service (the OpenAPI docs are built from them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Problem(BaseModel):
+    """An error answer: what went wrong and why (4xx/5xx)."""
+
+    error: str = Field(description="a short reason code, e.g. bad_protobuf, too_large, backlog_full")
+    detail: str
+
+
+class TelemetryAccepted(BaseModel):
+    lines: int = Field(description="NDJSON lines accepted; each becomes a record or a dead letter")
+    file: str = Field(description="the landed file the streaming job reads")
+
+
+class Verdict(BaseModel):
+    tenant: str
+    window_start_ms: int
+    window_end_ms: int
+    pane: int
+    probability: float
+    band: str = Field(description="risk band of the probability (low | elevated | high)")
+    horizon_s: float
+    history_windows: int
+    feature_version: int
+    predictor: str
+    committed: bool = Field(description="certified by the validators' quorum")
+    certificate: dict[str, Any] | None = Field(
+        description="the quorum certificate (chain, view, signers ...)")
+
+
+class WindowRow(BaseModel):
+    window_start_ms: int
+    window_end_ms: int
+    pane: int
+    records: int
+    agents: int
+    probability: float | None
+    committed: bool
+    features: dict[str, float | None] | None
+
+
+class Windows(BaseModel):
+    tenant: str
+    windows: list[WindowRow]
+
+
+class Edge(BaseModel):
+    agent: str
+    calls: float | None = None
+    errors: float | None = None
+    latency_ms: float | None = None
+
+
+class AgentView(BaseModel):
+    tenant: str
+    agent: str
+    source: str = Field(description="graph (the Bolt graph) or snapshot (the latest window's snapshot file)")
+    window_start_ms: int | None
+    metrics: dict[str, Any]
+    callers: list[Edge]
+    callees: list[Edge]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = {}

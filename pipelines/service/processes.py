@@ -1,0 +1,69 @@
+"""Child processes of the service, started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Child:
+    """A child process with its log file."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            if self.wait(timeout_s) is None:
+                self.process.kill()
+        return self.process.wait()
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as fh:
+                return "".join(fh.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None = None) -> Child:
+    """Start ``python -m ...`` args as a child with stdout and stderr in ``log_dir/name.log``."""
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, f"{name}.log")
+    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it; closed below once inherited
+    try:
+        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    finally:
+        log.close()
+    return Child(name, proc, log_path)
+
+
+def wait_until(check, timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval_s)
+    return check()

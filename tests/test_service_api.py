@@ -1,0 +1,169 @@
+"""The service's HTTP surface (handlers only, no children): ingestion honesty and the reads,
+the reads over outputs of the real streaming job."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from pipelines.cli import main
+from pipelines.config import ApiConfig, load_run_config
+from pipelines.service.app import create_app
+from pipelines.service.spool import tenant_of
+from tests.conftest import T0
+from tests.otlp_payloads import fleet_request
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def _client(tmp_path, **api) -> TestClient:
+    cfg = ApiConfig(data_dir=str(tmp_path / "svc"), **api).validate()
+    run = load_run_config(None, landing=os.path.join(cfg.data_dir, "landing"),
+                          out=os.path.join(cfg.data_dir, "run"), graph=False)
+    return TestClient(create_app(cfg, run, start_runtime=False))
+
+
+def _spooled(tmp_path) -> list[str]:
+    d = tmp_path / "svc" / "spool"
+    return sorted(str(d / n) for n in os.listdir(d) if n.endswith(".pb"))
+
+
+def _otlp_json(body: bytes) -> bytes:
+    """OTLP/JSON as the spec writes it: ids as hex strings, not protobuf JSON's base64."""
+    import base64
+
+    doc = MessageToDict(ExportTraceServiceRequest.FromString(body))
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                for k in ("traceId", "spanId", "parentSpanId"):
+                    if k in s:
+                        s[k] = base64.b64decode(s[k]).hex()
+    return json.dumps(doc).encode()
+
+
+def test_traces_are_on_disk_before_the_answer_in_every_encoding(tmp_path):
+    c = _client(tmp_path)
+    body = fleet_request(64, T0, seed=1)
+    r = c.post("/v1/traces", content=body, headers={**PB, "X-Aura-Tenant": "acme"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-protobuf"
+    (first,) = _spooled(tmp_path)
+    assert Path(first).read_bytes() == body and tenant_of(first) == "acme"
+    r = c.post("/v1/traces", content=gzip.compress(body), headers={**PB, "Content-Encoding": "gzip"})
+    assert r.status_code == 200
+    r = c.post("/v1/traces", content=_otlp_json(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json() == {}
+    files = _spooled(tmp_path)
+    assert len(files) == 3
+    # gzip and JSON are spooled as the same protobuf message, ids intact
+    msgs = [ExportTraceServiceRequest.FromString(Path(p).read_bytes()) for p in files]
+    assert msgs[1] == msgs[0] == msgs[2]
+    assert [tenant_of(p) for p in files] == ["acme", "default", "default"]
+    metrics = c.get("/metrics").text
+    assert 'aura_spans_received_total{tenant="acme"} 64.0' in metrics
+    assert 'aura_ingest_requests_total{code="200",route="traces"} 3.0' in metrics
+
+
+def test_bad_requests_get_the_reason_and_their_bytes_are_kept(tmp_path):
+    c = _client(tmp_path, max_body_bytes=4096)
+    cases = [
+        (b"\x0a\xff\xff\xff", PB, 400, "bad_protobuf"),
+        (b"{not json", {"Content-Type": "application/json"}, 400, "bad_json"),
+        (b"\x1f\x8b\x08garbage", {**PB, "Content-Encoding": "gzip"}, 400, "bad_gzip"),
+        (b"x", {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        (b"\0" * 5000, PB, 413, "too_large"),
+        (gzip.compress(b"\0" * 100_000), {**PB, "Content-Encoding": "gzip"}, 413, "too_large"),
+        (fleet_request(4, T0), {**PB, "X-Aura-Tenant": "no tenant!"}, 400, "invalid_tenant"),
+    ]
+    for body, headers, status, reason in cases:
+        r = c.post("/v1/traces", content=body, headers=headers)
+        assert (r.status_code, r.json()["error"]) == (status, reason), (reason, r.text)
+        assert r.json()["detail"]
+    assert _spooled(tmp_path) == []
+    dead_dir = tmp_path / "svc" / "ingest" / "deadletter"
+    dead = [json.loads((dead_dir / n).read_text()) for n in sorted(os.listdir(dead_dir))]
+    assert sorted(d["reason"] for d in dead) == sorted(c[3] for c in cases if c[2] == 400)
+    assert any(d.get("raw_base64") or d.get("raw") for d in dead)
+
+
+def test_a_full_spool_answers_429_with_retry_after(tmp_path):
+    c = _client(tmp_path, max_backlog_files=2, retry_after_s=3)
+    body = fleet_request(8, T0)
+    codes = []
+    for _ in range(4):
+        r = c.post("/v1/traces", content=body, headers=PB)
+        codes.append(r.status_code)
+        c.app.state.aura.spool._backlog = (0.0, 0)  # recount now, not after the cache interval
+    assert codes == [200, 200, 429, 429]
+    assert r.headers["Retry-After"] == "3" and r.json()["error"] == "backlog_full"
+    assert len(_spooled(tmp_path)) == 2
+
+
+def test_native_telemetry_lands_for_the_job(tmp_path):
+    c = _client(tmp_path)
+    lines = b'{"a": 1}\n{"b": 2}\n'
+    r = c.post("/v1/telemetry", content=lines, headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 202 and r.json()["lines"] == 2
+    assert Path(r.json()["file"]).read_bytes() == lines
+    assert os.path.dirname(r.json()["file"]) == str(tmp_path / "svc" / "landing")
+    r = c.post("/v1/telemetry", content=gzip.compress(lines[:-1]), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 202 and Path(r.json()["file"]).read_bytes() == lines  # newline added
+    assert c.post("/v1/telemetry", content=b"  \n").json()["error"] == "empty_body"
+
+
+@pytest.fixture(scope="module")
+def job_outputs(tmp_path_factory):
+    """A real streaming run (with consensus) over a small simulated fleet, as the service's run/."""
+    root = tmp_path_factory.mktemp("svc-reads")
+    tele = root / "tele"
+    assert main(["simulate", "--agents", "30", "--duration", "120", "--seed", "5", "--tenant", "acme",
+                 "--out", str(tele)]) == 0
+    assert main(["run", "--input", str(tele), "--out", str(root / "svc" / "run"), "--no-progress",
+                 "--no-graph"]) == 0
+    return root
+
+
+def test_reads_over_the_jobs_outputs(job_outputs):
+    cfg = ApiConfig(data_dir=str(job_outputs / "svc")).validate()
+    svc = job_outputs / "svc"
+    run = load_run_config(None, landing=str(svc / "landing"), out=str(svc / "run"), graph=False)
+    c = TestClient(create_app(cfg, run, start_runtime=False))
+    r = c.get("/v1/tenants/acme/risk")
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["committed"] and v["certificate"]["signers"] and 0 <= v["probability"] <= 1
+    assert v["band"] in ("low", "elevated", "high")
+    w = c.get("/v1/tenants/acme/windows").json()["windows"]
+    assert len(w) == 12 and w[-1]["window_start_ms"] == v["window_start_ms"]
+    assert all(x["agents"] == 30 and x["committed"] for x in w)
+    part = c.get("/v1/tenants/acme/windows", params={"from": w[2]["window_start_ms"],
+                                                     "to": w[5]["window_start_ms"]}).json()["windows"]
+    assert [x["window_start_ms"] for x in part] == [x["window_start_ms"] for x in w[2:5]]
+    iso = c.get("/v1/tenants/acme/windows", params={"from": "1970-01-01T00:00:00Z", "limit": 3}).json()
+    assert [x["window_start_ms"] for x in iso["windows"]] == [x["window_start_ms"] for x in w[-3:]]
+    agent = c.get(f"/v1/tenants/acme/agents/{_an_agent_with_calls(job_outputs)}").json()
+    assert agent["source"] == "snapshot" and agent["callees"] and agent["metrics"]["request_count"] > 0
+    for url, status in [("/v1/tenants/ghost/risk", 404), ("/v1/tenants/ghost/windows", 404),
+                        ("/v1/tenants/acme/agents/nobody", 404), ("/v1/tenants/bad%20name/risk", 400),
+                        ("/v1/tenants/acme/windows?from=yesterday", 400),
+                        ("/v1/tenants/acme/windows?from=10&to=5", 400)]:
+        r = c.get(url)
+        assert r.status_code == status, (url, r.text)
+        assert r.json()["detail"]
+    assert c.get("/readyz").json()["checks"]["model"] is True
+    assert 'aura_tenant_risk{tenant="acme"}' in c.get("/metrics").text
+
+
+def _an_agent_with_calls(root) -> str:
+    import pyarrow.parquet as pq
+
+    d = root / "svc" / "run" / "snapshots" / "tenant=acme"
+    t = pq.read_table(d / sorted(os.listdir(d))[-1]).to_pylist()[0]
+    return t["agents"][t["edges"][0]["src"]]
