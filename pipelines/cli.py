@@ -647,6 +647,8 @@ def load_service_config(a: argparse.Namespace):
 
 
 def api(a: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from pipelines.service.app import create_app
@@ -655,8 +657,14 @@ def api(a: argparse.Namespace) -> int:
     app = create_app(api_cfg, run_cfg)
     print(f"aura api on http://{api_cfg.host}:{api_cfg.port} (OTLP/HTTP: POST /v1/traces; docs: /docs); "
           f"data in {api_cfg.data_dir}", file=sys.stderr)
+
+    def exit_after_drain(*_):  # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully
+        raise SystemExit(0 if app.state.aura.drained else 1)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, exit_after_drain)
     uvicorn.run(app, host=api_cfg.host, port=api_cfg.port, log_level="warning", access_log=False)
-    return 0
+    return 0 if app.state.aura.drained else 1
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -708,6 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "held-out labelled telemetry (Beam batch); report.html + metrics.json"))
     add_api_args(sub.add_parser("api", help="the service: OTLP + native telemetry in, risk / windows / "
                                 "incidents / agents out, alerts to Alertmanager; runs the streaming job"))
+    from pipelines.testbed.cli import add_testbed_args
+
+    add_testbed_args(sub.add_parser("testbed", help="a real fleet of traced agent processes on loopback, "
+                                    "exporting OTLP to aura api; triggers, onsets, labels"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -742,6 +754,10 @@ def main(argv: list[str] | None = None) -> int:
             return backtest(a)
         if a.command == "api":
             return api(a)
+        if a.command == "testbed":
+            from pipelines.testbed.cli import testbed_main
+
+            return testbed_main(a)
         if a.command == "audit":
             return audit_keygen(a) if a.audit_command == "keygen" else audit_verify(a)
         return validate(a)

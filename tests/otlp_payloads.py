@@ -84,3 +84,27 @@ def fleet_request(n_spans: int, t0_s: float, seed: int = 0, fail_p: float = 0.02
         _call(fleet, rng, "gateway", None, int((t0_s + rng.random() * 0.9) * 1e9), fail_p)
         spans += fleet.take()
     return encode_spans(spans[:n_spans]).SerializeToString()
+
+
+def shifted(body: bytes, dt_s: float, salt: int) -> bytes:
+    """The same request ``dt_s`` later with fresh trace and span ids (parent links kept): many
+    distinct requests from a few SDK-made templates."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    req = ExportTraceServiceRequest.FromString(body)
+    dt = int(dt_s * 1e9)
+    key8 = (salt & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+    key16 = key8 * 2
+
+    def mix(raw: bytes, key: bytes) -> bytes:
+        return bytes(a ^ b for a, b in zip(raw, key)) if raw else raw
+
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                s.start_time_unix_nano += dt
+                s.end_time_unix_nano += dt
+                s.trace_id = mix(s.trace_id, key16)
+                s.span_id = mix(s.span_id, key8)
+                s.parent_span_id = mix(s.parent_span_id, key8)
+    return req.SerializeToString()

@@ -36,6 +36,7 @@ class ServiceState:
     bands: object
     model_loaded: bool
     runtime: ServiceRuntime | None = None
+    drained: bool = False  # shut down with everything accepted processed (the exit code says so)
 
 
 def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
@@ -62,8 +63,7 @@ def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
         try:
             yield
         finally:
-            if state.runtime is not None:
-                state.runtime.stop()
+            state.drained = state.runtime.stop() if state.runtime is not None else True
 
     app = FastAPI(title="AURA", version="1", lifespan=lifespan,
                   description="Early warning for cascading failures in fleets of agents: OpenTelemetry "

@@ -124,19 +124,25 @@ class ServiceRuntime:
                 out["graph"] = bool(self.graph_uri) and ready(self.graph_uri, self._graph_auth)
         return out
 
-    def stop(self) -> None:
-        """Drain in order: the spool (all spans sealed and landed), then the job, then the rest."""
+    def stop(self) -> bool:
+        """Drain in order: the spool (all spans sealed and landed), then the job, then the rest;
+        whether everything finished by itself in time."""
         timeout_s = self.api.drain_timeout_s
+        clean = True
         if self.worker is not None:
             open(os.path.join(self.paths.spool, "_STOP"), "w").close()
             if self.worker.wait(timeout_s) is None:
                 self.log("aura api: spool worker did not drain in time; stopping it")
-            self.worker.stop()
+            clean &= self.worker.stop() == 0
         if self.job is not None:
             open(os.path.join(self.paths.landing, "_STOP"), "w").close()
             if not wait_until(lambda: not self.job.alive(), timeout_s, 0.2):
                 self.log("aura api: streaming job did not finish in time; stopping it")
-            self.job.stop()
+            code = self.job.stop()
+            if code != 0:
+                self.log(f"aura api: streaming job exited with {code}:\n{self.job.log_tail()}")
+            clean &= code == 0
         if self.alerts is not None:
             self.alerts.stop()
         self._stack.close()
+        return clean

@@ -1,0 +1,126 @@
+"""The whole service against a real fleet, nothing stood in for: ``aura api`` (spool worker,
+streaming Beam job with consensus, embedded Bolt graph server, alert service) as a process,
+a real Alertmanager with a webhook receiver, and the testbed's traced agent processes
+exporting OTLP/HTTP to the service, with a slowed dependency injected mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.alerts.alertmanager_server import AlertmanagerProcess, free_port
+from pipelines.testbed.fleet import Fleet
+from pipelines.testbed.spec import FleetSpec, Trigger
+from tests.alerts_fixture import WebhookReceiver, wait_until
+
+TENANT = "testbed"
+LOAD_S, TRIGGER_AT = 90, 45
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "svc"
+    with WebhookReceiver() as hook:
+        am = AlertmanagerProcess(str(root / "am"), webhook_url=hook.url).start()
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        # the testbed exports every 0.5 s, so a 2 s grace seals every second whole
+        env = {**os.environ, "AURA_API_GRACE_S": "2", "AURA_API_ALERT_RESEND_S": "5"}
+        with open(root / "api.log", "wb") as log:
+            api = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "api", "--port", str(port),
+                                    "--data-dir", str(data), "--default-tenant", TENANT,
+                                    "--alertmanager-url", am.url],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_until(lambda: _ready(base), 120.0)
+            spec = FleetSpec.build(8, "layered", tenant=TENANT, seed=11, otlp_endpoint=f"{base}/v1/traces")
+            fleet = Fleet(spec, workdir=str(root / "fleet"))
+            try:
+                fleet.start()
+                slow = Trigger.parse(f"slow@{TRIGGER_AT}:agent=agent-7,factor=40,ramp=3")
+                summary = fleet.run(LOAD_S, [slow], str(root / "tb"))
+            finally:
+                final = fleet.stop()  # flushes every replica's exporter
+                fleet.close()
+            wiring = fleet.wiring()
+            # what Alertmanager holds while the service still runs, and what the service says
+            alerts = am.alerts(tenant=TENANT)
+            risk = httpx.get(f"{base}/v1/tenants/{TENANT}/risk").json()
+            incidents = httpx.get(f"{base}/v1/tenants/{TENANT}/incidents").json()["incidents"]
+            metrics = httpx.get(f"{base}/metrics").text
+            agent = httpx.get(f"{base}/v1/tenants/{TENANT}/agents/{spec.entries[0]}").json()
+        finally:
+            api.send_signal(signal.SIGTERM)  # drains the spool and the job
+            try:
+                api.wait(300)
+            finally:
+                am.stop()
+        yield {"root": root, "data": data, "summary": summary, "final": final, "wiring": wiring,
+               "alerts": alerts, "risk": risk, "incidents": incidents, "metrics": metrics, "agent": agent,
+               "webhook": list(hook.bodies), "api_rc": api.returncode,
+               "run": json.loads((data / "run" / "summary.json").read_text()),
+               "ledger": json.loads((data / "ingest" / "ledger.json").read_text())}
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_every_span_exported_is_received_and_ends_in_a_record_or_a_dead_letter(e2e):
+    exported = sum(st["spans_exported"] for st in e2e["final"].values())
+    ended = sum(st["spans_ended"] for st in e2e["final"].values())
+    assert exported == ended > 5000
+    assert _metric(e2e["metrics"], f'aura_spans_received_total{{tenant="{TENANT}"}}') == exported
+    led = e2e["ledger"]
+    assert e2e["api_rc"] == 0 and led["spans_pending"] == 0
+    assert led["spans_received"] == exported == led["spans_in_records"] + led["spans_dead_total"]
+    assert led["spans_dead_total"] <= 0.001 * exported, led["spans_dead"]
+    run = e2e["run"]  # the job read every landed record: the two ledgers meet
+    assert run["reconciles"] and run["read"] == led["records_landed"] == run["windowed"]
+
+
+def test_the_windows_call_graph_is_the_testbeds_wiring(e2e):
+    want = {tuple(e) for e in e2e["wiring"]["edges"]}
+    got = set()
+    snaps = e2e["data"] / "run" / "snapshots" / f"tenant={TENANT}"
+    for f in sorted(snaps.iterdir()):
+        t = pq.read_table(f).to_pylist()[0]
+        got |= {(t["agents"][e["src"]], t["agents"][e["dst"]]) for e in t["edges"]}
+    assert got == want
+    names = {e["agent"] for e in e2e["agent"]["callees"]}
+    assert names == {b for a, b in want if a == e2e["agent"]["agent"]}
+
+
+def test_the_injected_overload_breaks_the_fleet_and_raises_an_alert(e2e):
+    (cascade,) = e2e["summary"]["cascades"]
+    assert cascade["onset"] >= cascade["trigger_time"]
+    preds = e2e["data"] / "run" / "predictions" / f"tenant={TENANT}"
+    rows = [pq.read_table(f).to_pylist()[0] for f in sorted(preds.iterdir())]
+    assert rows and all(r["certificate"] for r in rows)  # every verdict committed by the quorum
+    high = [r for r in rows if r["probability"] >= 0.7]
+    assert high, [round(r["probability"], 2) for r in rows]
+    (incident,) = [i for i in e2e["incidents"] if i["status"] == "open"] or e2e["incidents"][:1]
+    assert incident["peak_probability"] >= 0.7 and incident["kind"] == "cascade_in_progress"
+    # read back from the real Alertmanager, and delivered by it to a webhook
+    (alert,) = [a for a in e2e["alerts"] if a["labels"]["incident"] == incident["id"]]
+    assert alert["labels"]["alertname"] == "AuraCascadeRisk" and alert["labels"]["severity"] == "critical"
+    assert alert["status"]["state"] == "active"
+    assert alert["generatorURL"].endswith(f"/v1/tenants/{TENANT}/incidents/{incident['id']}")
+    assert any(a["labels"].get("incident") == incident["id"] for msg in e2e["webhook"]
+               for a in msg["alerts"]) and all(msg["version"] == "4" for msg in e2e["webhook"])
+    assert e2e["risk"]["committed"] and e2e["risk"]["certificate"]["signers"]
