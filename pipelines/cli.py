@@ -300,42 +300,27 @@ def fault_lines() -> bytes:
 DEMO_SEVERITIES = (0.05, 0.95, 0.1)  # a fizzle, then a cascade (mechanisms cycle; 600 s hold two)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def demo(a: argparse.Namespace) -> int:
     """Start ``aura api`` (which runs the streaming job and the graph), simulate a 200-agent
     fleet and send its telemetry to the service as it is produced, then stop the service and
     show what the job did."""
     import shutil
-    import signal
-    import subprocess
 
     import httpx
 
     from pipelines.beam.job import RunSummary
     from pipelines.service import outputs
+    from pipelines.service.launch import ApiProcess
 
     root = a.out
     shutil.rmtree(root, ignore_errors=True)
     outbox = os.path.join(root, "outbox")
     os.makedirs(outbox)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(os.path.join(root, "api.log"), "wb") as log:
-        service = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "api", "--port", str(port),
-                                    "--data-dir", root, "--default-tenant", "acme"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    service = ApiProcess(root, ("--default-tenant", "acme")).start()
+    base = service.url
     try:
-        t0 = time.monotonic()
-        if not _wait_ready(base, service, 180.0):
-            raise RuntimeError(f"aura api did not become ready; see {os.path.join(root, 'api.log')}")
-        print(f"aura api (pid {service.pid}) on {base} while the demo lasts: try "
+        print(f"aura api (pid {service.proc.pid}) on {base} while the demo lasts: try "
               f"curl {base}/v1/tenants/acme/risk | {base}/docs", file=sys.stderr)
         sim_args = argparse.Namespace(
             out=outbox, labels=os.path.join(root, "labels.json"), agents=a.agents, duration=a.duration,
@@ -359,11 +344,9 @@ def demo(a: argparse.Namespace) -> int:
         print(f"sent {a.duration:.0f} s of telemetry in {time.monotonic() - t0:.0f} s; draining the service",
               file=sys.stderr)
     finally:
-        service.send_signal(signal.SIGTERM)  # drains: the job reads everything landed, then ends
-        try:
-            service.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        code = service.stop()  # drains: the job reads everything landed, then ends
+    if code != 0:
+        raise RuntimeError(f"aura api did not shut down cleanly (exit {code}); see {service.log_path}")
     run_dir = os.path.join(root, "run")
     with open(os.path.join(run_dir, "summary.json")) as fh:
         summary = RunSummary.from_dict(json.load(fh))
@@ -383,20 +366,6 @@ def demo(a: argparse.Namespace) -> int:
              "service log": os.path.join(root, "api.log")}
     print(render_summary(summary, extra))
     return 0 if summary.reconciles else 1
-
-
-def _wait_ready(base: str, proc, timeout_s: float) -> bool:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(base + "/readyz", timeout=2.0).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 # -- validate ------------------------------------------------------------------------------

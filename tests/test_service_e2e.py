@@ -6,19 +6,16 @@ exporting OTLP/HTTP to the service, with a slowed dependency injected mid-run.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.alerts.alertmanager_server import AlertmanagerProcess, free_port
+from pipelines.alerts.alertmanager_server import AlertmanagerProcess
+from pipelines.service.launch import ApiProcess
 from pipelines.testbed.fleet import Fleet
 from pipelines.testbed.spec import FleetSpec, Trigger
-from tests.alerts_fixture import WebhookReceiver, wait_until
+from tests.alerts_fixture import WebhookReceiver
 
 TENANT = "testbed"
 LOAD_S, TRIGGER_AT = 90, 45
@@ -30,17 +27,12 @@ def e2e(tmp_path_factory):
     data = root / "svc"
     with WebhookReceiver() as hook:
         am = AlertmanagerProcess(str(root / "am"), webhook_url=hook.url).start()
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
         # the testbed exports every 0.5 s, so a 2 s grace seals every second whole
-        env = {**os.environ, "AURA_API_GRACE_S": "2", "AURA_API_ALERT_RESEND_S": "5"}
-        with open(root / "api.log", "wb") as log:
-            api = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "api", "--port", str(port),
-                                    "--data-dir", str(data), "--default-tenant", TENANT,
-                                    "--alertmanager-url", am.url],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+        api = ApiProcess(str(data), ("--default-tenant", TENANT, "--alertmanager-url", am.url),
+                         {"AURA_API_GRACE_S": "2", "AURA_API_ALERT_RESEND_S": "5"})
+        base = api.url
         try:
-            wait_until(lambda: _ready(base), 120.0)
+            api.start()
             spec = FleetSpec.build(8, "layered", tenant=TENANT, seed=11, otlp_endpoint=f"{base}/v1/traces")
             fleet = Fleet(spec, workdir=str(root / "fleet"))
             try:
@@ -58,14 +50,13 @@ def e2e(tmp_path_factory):
             metrics = httpx.get(f"{base}/metrics").text
             agent = httpx.get(f"{base}/v1/tenants/{TENANT}/agents/{spec.entries[0]}").json()
         finally:
-            api.send_signal(signal.SIGTERM)  # drains the spool and the job
             try:
-                api.wait(300)
+                code = api.stop()  # drains the spool and the job
             finally:
                 am.stop()
         yield {"root": root, "data": data, "summary": summary, "final": final, "wiring": wiring,
                "alerts": alerts, "risk": risk, "incidents": incidents, "metrics": metrics, "agent": agent,
-               "webhook": list(hook.bodies), "api_rc": api.returncode,
+               "webhook": list(hook.bodies), "api_rc": code,
                "run": json.loads((data / "run" / "summary.json").read_text()),
                "ledger": json.loads((data / "ingest" / "ledger.json").read_text())}
 

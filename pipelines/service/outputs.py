@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import pyarrow.parquet as pq
 
-_NAME = re.compile(r"window=(\d+)-pane=(\d+)\.parquet")
+from pipelines.alerts.outputs import PANE_FILE, TENANT_DIR
+
 # feature columns a window listing shows (the whole vector stays in the features files)
 WINDOW_FEATURES = ("unhealthy_frac", "error_rate_p90", "latency_p99_log_p50", "requests_log",
                    "stress_h0_betti_t0.5", "stress_h1_betti_t0.5", "stress_h0_total_persistence",
@@ -22,14 +22,14 @@ WINDOW_FEATURES = ("unhealthy_frac", "error_rate_p90", "latency_p99_log_p50", "r
 
 def latest_panes(out_dir: str, kind: str, tenant: str) -> dict[int, str]:
     """window start (ms) -> path of its latest pane."""
-    d = os.path.join(out_dir, kind, f"tenant={tenant}")
+    d = os.path.join(out_dir, kind, f"{TENANT_DIR}{tenant}")
     try:
         names = os.listdir(d)
     except FileNotFoundError:
         return {}
     best: dict[int, tuple[int, str]] = {}
     for n in names:
-        m = _NAME.fullmatch(n)
+        m = PANE_FILE.match(n)
         if m:
             start, pane = int(m[1]), int(m[2])
             if start not in best or pane > best[start][0]:
@@ -40,7 +40,7 @@ def latest_panes(out_dir: str, kind: str, tenant: str) -> dict[int, str]:
 def tenants(out_dir: str) -> list[str]:
     d = os.path.join(out_dir, "snapshots")
     try:
-        return sorted(n[len("tenant="):] for n in os.listdir(d) if n.startswith("tenant="))
+        return sorted(n[len(TENANT_DIR):] for n in os.listdir(d) if n.startswith(TENANT_DIR))
     except FileNotFoundError:
         return []
 
