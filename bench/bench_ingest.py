@@ -93,7 +93,7 @@ def main() -> int:
     n = 200 + int(rate * (a.seconds + 1))
     payloads = [shifted(templates[k % len(templates)], k / rate, k + 1) for k in range(n)]
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "pipelines.cli", "api", "--no-job",
-           "--port", str(port), "--data-dir", root, "--default-tenant", "bench"]
+           "--port", str(port), "--no-grpc", "--data-dir", root, "--default-tenant", "bench"]
     log = open(os.path.join(root, "api.log"), "wb")  # noqa: SIM115
     env = {**os.environ, "AURA_API_MAX_BACKLOG_FILES": "1000000"}
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

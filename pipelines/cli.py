@@ -592,6 +592,8 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file: an [api] table, and a [run] table for the streaming job")
     p.add_argument("--host")
     p.add_argument("--port", type=int, help="default 4318, the OTLP/HTTP port")
+    p.add_argument("--grpc-port", dest="grpc_port", type=int, help="OTLP/gRPC (default 4317)")
+    p.add_argument("--no-grpc", dest="no_grpc", action="store_true", help="no OTLP/gRPC receiver")
     p.add_argument("--data-dir", dest="data_dir", help="spool, landing and the job's outputs "
                    "(default output/api)")
     p.add_argument("--default-tenant", dest="default_tenant")
@@ -607,9 +609,11 @@ def load_service_config(a: argparse.Namespace):
     """The service's ApiConfig and its job's RunConfig (file, then AURA_API_* / AURA_RUN_*, then flags)."""
     from pipelines.config import load_api_config, load_run_config
 
-    keys = ("host", "port", "data_dir", "default_tenant", "alertmanager_url", "alert_webhook_url",
-            "external_url", "start_job")
+    keys = ("host", "port", "grpc_port", "data_dir", "default_tenant", "alertmanager_url",
+            "alert_webhook_url", "external_url", "start_job")
     api = load_api_config(a.config, **{k: getattr(a, k, None) for k in keys})
+    if getattr(a, "no_grpc", False):
+        api.grpc_port = None
     run = load_run_config(a.config, landing=os.path.join(api.data_dir, "landing"),
                           out=os.path.join(api.data_dir, "run"), graph=getattr(a, "graph", None))
     return api, run

@@ -166,6 +166,7 @@ class ApiConfig:
 
     host: str = "127.0.0.1"
     port: int = 4318  # the OTLP/HTTP port, so an exporter's default endpoint reaches AURA unchanged
+    grpc_port: int | None = 4317  # OTLP/gRPC receiver; None: none (--no-grpc)
     data_dir: str = "output/api"  # spool/, landing/ and run/ (the streaming job's --out) live here
     default_tenant: str = "default"  # tenant of spans without X-Aura-Tenant or an aura.tenant attribute
     max_body_bytes: int = 16 * 1024 * 1024  # larger request bodies (after gzip, too) answer 413
@@ -184,8 +185,10 @@ class ApiConfig:
     drain_timeout_s: float = 600.0  # on shutdown: time for the spool and the job to finish what was accepted
 
     def validate(self) -> ApiConfig:
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("port", "grpc_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 65536:
+                raise ValueError(f"{name} must be in 0..65535, got {value}")
         if self.max_body_bytes < 1024 or self.max_backlog_files < 1 or self.retry_after_s < 1:
             raise ValueError("max_body_bytes must be >= 1024, max_backlog_files >= 1, retry_after_s >= 1")
         if self.grace_s < 0 or self.idle_flush_s <= 0:

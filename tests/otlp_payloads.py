@@ -43,7 +43,7 @@ class Fleet:
         return spans
 
 
-def _call(fleet: Fleet, rng: random.Random, service: str, parent_ctx, start_ns: int,
+def serve_request(fleet: Fleet, rng: random.Random, service: str, parent_ctx, start_ns: int,
           fail_p: float) -> tuple[int, bool]:
     """A request served by ``service`` (SERVER span) with CLIENT spans to its callees; (end ns, error)."""
     tracer = fleet.tracers[service]
@@ -56,7 +56,7 @@ def _call(fleet: Fleet, rng: random.Random, service: str, parent_ctx, start_ns: 
         client = tracer.start_span(f"POST {callee}", context=trace.set_span_in_context(server),
                                    kind=SpanKind.CLIENT, start_time=t,
                                    attributes={"service.peer.name": callee, "server.address": "127.0.0.1"})
-        end, err = _call(fleet, rng, callee, trace.set_span_in_context(client), t + 200_000, fail_p)
+        end, err = serve_request(fleet, rng, callee, trace.set_span_in_context(client), t + 200_000, fail_p)
         if err:
             client.set_status(Status(StatusCode.ERROR))
             client.set_attribute("error.type", "500")
@@ -81,7 +81,7 @@ def fleet_request(n_spans: int, t0_s: float, seed: int = 0, fail_p: float = 0.02
     rng = random.Random(seed)
     spans = []
     while len(spans) < n_spans:
-        _call(fleet, rng, "gateway", None, int((t0_s + rng.random() * 0.9) * 1e9), fail_p)
+        serve_request(fleet, rng, "gateway", None, int((t0_s + rng.random() * 0.9) * 1e9), fail_p)
         spans += fleet.take()
     return encode_spans(spans[:n_spans]).SerializeToString()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,65 @@ def _an_agent_with_calls(root) -> str:
     d = root / "svc" / "run" / "snapshots" / "tenant=acme"
     t = pq.read_table(d / sorted(os.listdir(d))[-1]).to_pylist()[0]
     return t["agents"][t["edges"][0]["src"]]
+
+
+def test_otlp_grpc_export_from_the_sdk_lands_in_the_same_spool(tmp_path):
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from pipelines.service.otlp_grpc import serve_grpc
+    from tests.otlp_payloads import Fleet, serve_request
+
+    c = _client(tmp_path, max_backlog_files=2)
+    state = c.app.state.aura
+    server, port = serve_grpc(state, "127.0.0.1", 0)
+    try:
+        fleet = Fleet()
+        serve_request(fleet, random.Random(1), "gateway", None, int(T0 * 1e9), 0.0)
+        spans = fleet.take()
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True,
+                                    headers=(("x-aura-tenant", "acme"),), timeout=5)
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        (path,) = _spooled(tmp_path)
+        assert tenant_of(path) == "acme"
+        assert ExportTraceServiceRequest.FromString(Path(path).read_bytes()) == encode_spans(spans)
+        bad = OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True,
+                               headers=(("x-aura-tenant", "no tenant!"),), timeout=5)
+        assert bad.export(spans) == SpanExportResult.FAILURE  # INVALID_ARGUMENT: not retried
+        assert len(_spooled(tmp_path)) == 1
+        metrics = c.get("/metrics").text
+        assert 'aura_ingest_requests_total{code="200",route="traces_grpc"} 1.0' in metrics
+        assert 'aura_ingest_rejected_total{reason="invalid_tenant",route="traces_grpc"} 1.0' in metrics
+    finally:
+        server.stop(0)
+
+
+def test_service_configuration_file_then_environment_then_flags(tmp_path, monkeypatch):
+    from pipelines.cli import build_parser, load_service_config
+
+    cfg = tmp_path / "aura.toml"
+    cfg.write_text('[api]\nport = 9000\ndefault_tenant = "fleet-a"\ngrace_s = 4\n'
+                   '[run]\nwindow_size_s = 20\nconsensus = false\n')
+    monkeypatch.setenv("AURA_API_PORT", "9100")
+    monkeypatch.setenv("AURA_API_START_JOB", "false")
+    monkeypatch.setenv("AURA_RUN_ALLOWED_LATENESS_S", "12.5")
+    a = build_parser().parse_args(["api", "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
+                                   "--no-grpc"])
+    api, run = load_service_config(a)
+    assert (api.port, api.default_tenant, api.grace_s, api.start_job, api.grpc_port) == \
+        (9100, "fleet-a", 4.0, False, None)
+    assert (run.window_size_s, run.allowed_lateness_s, run.consensus) == (20.0, 12.5, False)
+    assert run.landing == str(tmp_path / "d" / "landing") and run.out == str(tmp_path / "d" / "run")
+    a = build_parser().parse_args(["api", "--config", str(cfg), "--port", "9200"])
+    assert load_service_config(a)[0].port == 9200  # flags win over the environment
+    for env, match in [("AURA_API_PORT", "expected int"), ("AURA_API_START_JOB", "boolean")]:
+        monkeypatch.setenv(env, "lots")
+        with pytest.raises(ValueError, match=match):
+            load_service_config(build_parser().parse_args(["api"]))
+        monkeypatch.delenv(env)
+    cfg.write_text('[api]\nprot = 1\n')
+    with pytest.raises(ValueError, match="unknown \\[api\\] settings"):
+        load_service_config(build_parser().parse_args(["api", "--config", str(cfg)]))
+    with pytest.raises(ValueError, match="default_tenant"):
+        ApiConfig(default_tenant="no tenant!").validate()

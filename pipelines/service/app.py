@@ -56,13 +56,21 @@ def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        grpc_server = None
         if start_runtime:
             state.runtime = ServiceRuntime(api, run, log).start()
             if state.runtime.alerts is not None:
                 state.metrics.add_source(state.runtime.alerts.metric_families)
+            if api.grpc_port is not None:
+                from pipelines.service.otlp_grpc import serve_grpc
+
+                grpc_server, bound = serve_grpc(state, api.host, api.grpc_port)
+                log(f"aura api: OTLP/gRPC on {api.host}:{bound}")
         try:
             yield
         finally:
+            if grpc_server is not None:
+                grpc_server.stop(2.0).wait()
             state.drained = state.runtime.stop() if state.runtime is not None else True
 
     app = FastAPI(title="AURA", version="1", lifespan=lifespan,

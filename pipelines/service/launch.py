@@ -24,6 +24,7 @@ class ApiProcess:
                  port: int | None = None):
         self.data_dir, self.args, self.env = data_dir, list(args), env or {}
         self.port = port or free_port()
+        self.grpc_port = free_port()
         self.log_path = os.path.join(data_dir, "api.log")
         self.proc: subprocess.Popen | None = None
 
@@ -35,9 +36,9 @@ class ApiProcess:
         os.makedirs(self.data_dir, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "api", "--port", str(self.port), "--data-dir",
-                 self.data_dir, *self.args], stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env})
+                [sys.executable, "-m", "pipelines.cli", "api", "--port", str(self.port),
+                 "--grpc-port", str(self.grpc_port), "--data-dir", self.data_dir, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:

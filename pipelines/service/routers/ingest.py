@@ -60,14 +60,18 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 def _tenant(request: Request, default: str) -> str:
-    tenant = request.headers.get("x-aura-tenant", default)
+    return valid_tenant(request.headers.get("x-aura-tenant", default))
+
+
+def valid_tenant(tenant: str) -> str:
     if not _TENANT.fullmatch(tenant):
         raise Refused(400, "invalid_tenant",
                       f"X-Aura-Tenant {tenant[:80]!r} does not match {_TENANT.pattern}")
     return tenant
 
 
-def _check_backlog(state) -> None:
+def check_backlog(state) -> None:
+    """Refuse (429) while the spool holds ``max_backlog_files`` requests."""
     backlog = state.spool.backlog()
     state.metrics.backlog.set(backlog)
     if backlog >= state.api.max_backlog_files:
@@ -85,13 +89,23 @@ def _dead_letter(state, route: str, reason: str, detail: str, body: bytes, heade
                   orjson.dumps(d.to_dict()) + b"\n")
 
 
+def spool_traces(state, req, tenant: str, encoded: bytes | None = None) -> int:
+    """Spool one decoded export request durably (``encoded``: its protobuf bytes, if at hand);
+    the number of spans."""
+    n = count_spans(req)
+    if n:
+        state.spool.put(encoded if encoded is not None else req.SerializeToString(), tenant)
+        state.metrics.spans.labels(tenant).inc(n)
+    return n
+
+
 async def _ingest(request: Request, route: str, handle) -> Response:
     state = request.app.state.aura
     t0 = time.perf_counter()
     body = b""
     try:
         body = await _body(request, state.api.max_body_bytes)
-        _check_backlog(state)
+        check_backlog(state)
         response = await handle(state, body)
     except Refused as err:
         state.metrics.rejected.labels(route, err.reason).inc()
@@ -117,13 +131,9 @@ async def traces(request: Request) -> Response:
                                 max_decompressed=state.api.max_body_bytes)
         except OtlpDecodeError as err:
             raise _refused(err) from err
-        n = count_spans(req)
-        if n:
-            is_plain_pb = (ctype or "").split(";")[0].strip() == _PROTOBUF \
-                and not request.headers.get("content-encoding")
-            data = body if is_plain_pb else req.SerializeToString()
-            await run_in_threadpool(state.spool.put, data, tenant)
-            state.metrics.spans.labels(tenant).inc(n)
+        is_plain_pb = (ctype or "").split(";")[0].strip() == _PROTOBUF \
+            and not request.headers.get("content-encoding")
+        await run_in_threadpool(spool_traces, state, req, tenant, body if is_plain_pb else None)
         if (ctype or "").startswith("application/json"):
             return Response(b"{}", 200, media_type="application/json")
         return Response(_OK_PROTOBUF, 200, media_type=_PROTOBUF)
