@@ -94,6 +94,7 @@ def score_run(run_dir: str, tenant: str, labels: dict, files) -> dict:
             w_end = inc["opened_window"]["end"] / 1000
             alerts.append({"at": at, "window_end": w_end, "close": close_time(files, w_end)})
     quiet_alerts = [a for a in alerts if trig is None or a["window_end"] <= trig]
+    after = [r for r in rows if trig is not None and onset is None and r["end"] > trig]  # a fizzle
     warned = [a for a in alerts if trig is not None and onset is not None and trig <= a["at"] <= onset]
     late = [a for a in alerts if onset is not None and a["at"] > onset]
     closes = [(close_time(files, r["end"]), r) for r in rows]
@@ -103,6 +104,9 @@ def score_run(run_dir: str, tenant: str, labels: dict, files) -> dict:
             "trigger_to_onset_s": (onset - trig) if onset is not None else None,
             "quiet_windows": len(quiet), "quiet_high": sum(r["p"] >= HIGH for r in quiet),
             "quiet_alerts": len(quiet_alerts), "quiet_p_max": max((r["p"] for r in quiet), default=None),
+            "fizzle_windows": len(after), "fizzle_high": sum(r["p"] >= HIGH for r in after),
+            "fizzle_alerts": sum(1 for a in alerts if onset is None and trig is not None
+                                 and a["window_end"] > trig),
             "warned": bool(warned), "lead_s": (onset - warned[0]["at"]) if warned else None,
             "late_s": (late[0]["at"] - onset) if late and not warned else None,
             "verdict_latency_s": verdict_lat, "alert_latency_s": alert_lat,
@@ -114,8 +118,10 @@ def describe(r: dict) -> str:
     warned = f"yes, lead {r['lead_s']:.0f} s" if r["warned"] else "no"
     if r["late_s"] is not None:
         warned += f", alert {r['late_s']:.0f} s after the onset"
+    fizzle = (f"; after the fizzled trigger {r['fizzle_windows']} windows with {r['fizzle_high']} high "
+              f"verdicts, {r['fizzle_alerts']} alerts" if r["fizzle_windows"] else "")
     return (f"{r['tenant']}: windows {r['windows']}, onset {onset}, warned {warned}; quiet windows "
-            f"{r['quiet_windows']} with {r['quiet_high']} high verdicts, {r['quiet_alerts']} alerts; "
+            f"{r['quiet_windows']} with {r['quiet_high']} high verdicts, {r['quiet_alerts']} alerts{fizzle}; "
             f"risk {r['risk']}")
 
 
@@ -132,7 +138,10 @@ def main() -> int:
     p.add_argument("--quiet-lead", type=float, default=60.0, help="seconds before the trigger")
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--keep", help="keep the data here instead of a temporary directory")
+    p.add_argument("--rescore", help="score the runs kept in this directory again (no new runs)")
     a = p.parse_args()
+    if a.rescore:
+        return report(rescore(a.rescore), a.rescore, None)
     root = a.keep or tempfile.mkdtemp(prefix="aura-bench-testbed-")
     os.makedirs(root, exist_ok=True)
     results = []
@@ -157,6 +166,25 @@ def main() -> int:
                 print(describe(results[-1]), flush=True)
         finally:
             code = api.stop()
+    report(results, root, code)
+    if not a.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def rescore(root: str) -> list[dict]:
+    files = landed_files(os.path.join(root, "svc", "landing"))
+    results = []
+    for run in sorted(os.listdir(os.path.join(root, "runs")), key=lambda n: int(n[2:].split("-")[0])):
+        with open(os.path.join(root, "runs", run, "labels.json")) as fh:
+            labels = json.load(fh)["scenarios"][0]
+        results.append({"kind": run.split("-", 1)[1],
+                        **score_run(os.path.join(root, "svc", "run"), run, labels, files)})
+        print(describe(results[-1]))
+    return results
+
+
+def report(results: list[dict], root: str, code: int | None) -> int:
     onsets = [r for r in results if r["onset"]]
     quiet_windows = sum(r["quiet_windows"] for r in results)
     hours = quiet_windows * 10 / 3600
@@ -178,11 +206,14 @@ def main() -> int:
     if len(al):
         print(f"window close -> alert accepted by Alertmanager: p50 {np.percentile(al, 50):.2f} s, "
               f"max {al.max():.2f} s over {len(al)} alerts")
+    f_windows = sum(r["fizzle_windows"] for r in results)
+    if f_windows:
+        f_alerts, f_high = sum(r["fizzle_alerts"] for r in results), sum(r["fizzle_high"] for r in results)
+        print(f"after triggers that fizzled: {f_windows} windows, {f_high} high-band verdicts, {f_alerts} "
+              f"alerts = {f_alerts / (f_windows * 10 / 3600):.1f} per fleet-hour")
     with open(os.path.join(root, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     print(f"results: {os.path.join(root, 'results.json')}")
-    if not a.keep:
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -34,7 +34,7 @@ def test_spooled_spans_land_as_records_and_the_ledger_reconciles(tmp_path):
     assert w.step() == 12
     early = read_ledger(ingest)
     assert early["spans_received"] == 12 * 256 == early["spans_in_records"] + early["spans_pending"]
-    assert 0 < early["spans_pending"] and len(s.pending()) > 0  # the last seconds wait for more spans
+    assert early["spans_pending"] > 0 and len(s.pending()) > 0  # the last seconds wait for more spans
     w.step(flush=True)
     led = read_ledger(ingest)
     assert led["spans_pending"] == 0 and led["spans_dead_total"] == 0
