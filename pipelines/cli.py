@@ -221,10 +221,15 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
             summary = run_config(cfg, extractor, predictor, graph, consensus,
                                  log=lambda m: print(m, file=sys.stderr))
         elif cfg.landing:
+            from pipelines.warmup import warm_up
+
+            took = warm_up(extractor, predictor, graph)  # the first window is then as quick as the rest
+            print(f"aura run: stages warmed up in {took:.1f} s", file=sys.stderr)
             on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
             source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                       poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
-                                      max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file)
+                                      max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file,
+                                      on_start=lambda: mark_running(cfg.out))
             summary = job.run_landing(source, cfg.out, extractor, predictor, graph, consensus=consensus)
         else:
             paths = job.expand_inputs(cfg.input)
@@ -245,6 +250,18 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
     with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
         json.dump(summary.to_dict(), fh, indent=2)
     return summary
+
+
+RUNNING = "_RUNNING"
+
+
+def mark_running(out_dir: str) -> None:
+    """``<out>/_RUNNING`` (this process's pid): the streaming job reads its landing directory."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f".{RUNNING}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(tmp, os.path.join(out_dir, RUNNING))
 
 
 def _progress(total: int | None):

@@ -155,6 +155,7 @@ class LandingDirectory:
     heartbeat_s: float = 5.0
     guard: TimestampGuard = field(default_factory=TimestampGuard)
     on_file: Callable[[str, SourceStats], None] | None = None
+    on_start: Callable[[], None] | None = None  # called once the engine asks for the first events
 
     def __post_init__(self):
         if not os.path.isdir(self.path):
@@ -175,6 +176,8 @@ class LandingDirectory:
 
     def events(self) -> Iterator[Event]:
         """Events until the stream ends (blocking between polls)."""
+        if self.on_start:
+            self.on_start()
         start = last_new = last_beat = time.monotonic()
         while True:
             files = self.pending()

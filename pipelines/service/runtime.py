@@ -96,6 +96,8 @@ class ServiceRuntime:
         toml = os.path.join(self.paths.root, "run.toml")
         with open(toml, "w") as fh:
             fh.write(run_config_toml(replace(run, graph_password=None)))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._running_file)
         self.job = spawn("job", ["-m", "pipelines.cli", "run", "--config", toml, "--no-progress"],
                          self.paths.logs, env)
         self.log(f"aura api: streaming job pid {self.job.pid} (landing {run.landing}, out {run.out})")
@@ -113,11 +115,27 @@ class ServiceRuntime:
 
         return GraphDatabase.driver(self.graph_uri, auth=self._graph_auth)
 
+    @property
+    def _running_file(self) -> str:
+        from pipelines.cli import RUNNING
+
+        return os.path.join(self.paths.run, RUNNING)
+
+    def job_running(self) -> bool:
+        """The job process is alive and its pipeline reads the landing directory (warmed up)."""
+        if not (self.job and self.job.alive()):
+            return False
+        try:
+            with open(self._running_file) as fh:
+                return fh.read().strip() == str(self.job.pid)
+        except FileNotFoundError:
+            return False
+
     def checks(self) -> dict[str, bool]:
         """Readiness: every part that should run does."""
         out = {"spool_worker": bool(self.worker and self.worker.alive())}
         if self.api.start_job:
-            out["job"] = bool(self.job and self.job.alive())
+            out["job"] = self.job_running()
             if self.run.graph:
                 from pipelines.graph.server import ready
 
