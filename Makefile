@@ -56,7 +56,7 @@ test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER)
 test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python -m pytest -m slow
 
-bench: $(STAMP) $(TRITON_STAMP)
+bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_beam.py
 	$(BIN)/python bench/bench_features.py
@@ -65,6 +65,10 @@ bench: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python bench/bench_graph_sink.py
 	$(BIN)/python bench/bench_backtest.py
 	$(BIN)/python bench/bench_flink.py
+	$(BIN)/python bench/bench_ingest.py --rate 100
+	$(BIN)/python bench/bench_span_mapping.py
+	$(BIN)/python bench/bench_alert_latency.py
+	$(BIN)/python bench/bench_testbed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
