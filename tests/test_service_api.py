@@ -230,3 +230,15 @@ def test_service_configuration_file_then_environment_then_flags(tmp_path, monkey
         load_service_config(build_parser().parse_args(["api", "--config", str(cfg)]))
     with pytest.raises(ValueError, match="default_tenant"):
         ApiConfig(default_tenant="no tenant!").validate()
+
+
+def test_the_job_gets_no_aura_run_variables_beside_its_resolved_configuration(tmp_path, monkeypatch):
+    """run.toml already holds what AURA_RUN_* said; read again they could move landing/out."""
+    from pipelines.service.processes import spawn
+
+    monkeypatch.setenv("AURA_RUN_OUT", "/somewhere/else")
+    monkeypatch.setenv("AURA_API_PORT", "1")
+    code = "import os; e = os.environ; print(e.get('AURA_RUN_OUT'), e.get('AURA_API_PORT'), e['EXTRA'])"
+    child = spawn("env", ["-c", code], str(tmp_path), {"EXTRA": "x"}, drop_env_prefix="AURA_RUN_")
+    assert child.wait(30) == 0
+    assert Path(child.log_path).read_text().split() == ["None", "1", "x"]

@@ -47,14 +47,19 @@ class Child:
             return ""
 
 
-def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None = None) -> Child:
-    """Start ``python -m ...`` args as a child with stdout and stderr in ``log_dir/name.log``."""
+def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None = None,
+          drop_env_prefix: str | None = None) -> Child:
+    """Start ``python -m ...`` args as a child with stdout and stderr in ``log_dir/name.log``;
+    its environment is ours plus ``env``, without variables starting with ``drop_env_prefix``."""
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
+    child_env = {k: v for k, v in os.environ.items()
+                 if drop_env_prefix is None or not k.startswith(drop_env_prefix)}
+    child_env.update(env or {})
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it; closed below once inherited
     try:
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                stdin=subprocess.DEVNULL, env=child_env)
     finally:
         log.close()
     return Child(name, proc, log_path)

@@ -98,8 +98,10 @@ class ServiceRuntime:
             fh.write(run_config_toml(replace(run, graph_password=None)))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._running_file)
+        # run.toml is the job's whole, resolved configuration: AURA_RUN_* must not override it again
+        # (the service forced landing and out, which the environment could otherwise move)
         self.job = spawn("job", ["-m", "pipelines.cli", "run", "--config", toml, "--no-progress"],
-                         self.paths.logs, env)
+                         self.paths.logs, env, drop_env_prefix="AURA_RUN_")
         self.log(f"aura api: streaming job pid {self.job.pid} (landing {run.landing}, out {run.out})")
 
     def _start_alerts(self) -> None:
