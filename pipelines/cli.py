@@ -257,11 +257,10 @@ RUNNING = "_RUNNING"
 
 def mark_running(out_dir: str) -> None:
     """``<out>/_RUNNING`` (this process's pid): the streaming job reads its landing directory."""
+    from pipelines.service.durable import write_durably
+
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".{RUNNING}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(str(os.getpid()))
-    os.replace(tmp, os.path.join(out_dir, RUNNING))
+    write_durably(out_dir, RUNNING, str(os.getpid()).encode())
 
 
 def _progress(total: int | None):

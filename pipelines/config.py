@@ -175,7 +175,7 @@ class ApiConfig:
     # a second of a tenant's spans is sealed into records once spans this much later (event time) arrived;
     # it must cover the spread of the fleet's export delays (the SDK's BatchSpanProcessor: 5 s by default)
     grace_s: float = 6.0
-    idle_flush_s: float = 5.0  # ... or after this long (wall time) without new spans from its tenant
+    idle_flush_s: float = 5.0  # ... and every open second is sealed after this long (wall time) without spans
     start_job: bool = True  # start the streaming job (and the embedded graph server) with the service
     alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093; None: alerts kept local
     alert_webhook_url: str | None = None  # a generic webhook that also gets every alert

@@ -64,6 +64,7 @@ class ServiceRuntime:
         self.job: Child | None = None
         self.graph_uri: str | None = None
         self._graph_auth: tuple[str, str] | None = None
+        self._driver = None
         self._stack = contextlib.ExitStack()
         self.alerts = None
 
@@ -110,12 +111,15 @@ class ServiceRuntime:
         self.alerts = start_alerts(self.api, self.run, self.log)
 
     def graph_driver(self):
-        """A neo4j driver for reads, or None without a graph."""
+        """The service's neo4j driver for reads (one, pooled, made at first use; closed by
+        ``stop``), or None without a graph."""
         if self.graph_uri is None:
             return None
-        from neo4j import GraphDatabase
+        if self._driver is None:
+            from neo4j import GraphDatabase
 
-        return GraphDatabase.driver(self.graph_uri, auth=self._graph_auth)
+            self._driver = GraphDatabase.driver(self.graph_uri, auth=self._graph_auth)
+        return self._driver
 
     @property
     def _running_file(self) -> str:
@@ -164,5 +168,7 @@ class ServiceRuntime:
             clean &= code == 0
         if self.alerts is not None:
             self.alerts.stop()
+        if self._driver is not None:
+            self._driver.close()
         self._stack.close()
         return clean

@@ -28,18 +28,20 @@ class Spool:
         """Spool one request durably; its path."""
         return write_durably(self.path, f"{unique_stem('otlp')}_{tenant}{SUFFIX}", data)
 
+    def _spooled(self) -> list[str]:
+        return [e.path for e in os.scandir(self.path)
+                if e.name.endswith(SUFFIX) and not e.name.startswith(".")]
+
     def pending(self) -> list[str]:
         """Spooled files, oldest first."""
-        return sorted(e.path for e in os.scandir(self.path)
-                      if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+        return sorted(self._spooled())
 
     def backlog(self) -> int:
         """Files waiting (recounted at most every ``backlog_cache_s``)."""
         at, n = self._backlog
         now = time.monotonic()
         if now - at >= self._cache_s:
-            n = sum(1 for e in os.scandir(self.path)
-                    if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+            n = len(self._spooled())
             self._backlog = (now, n)
         return n
 

@@ -84,10 +84,7 @@ def _agent(state, tenant: str, agent: str) -> AgentView | None:
     if driver is not None:
         from pipelines.graph import query
 
-        try:
-            g = query.agent(driver, state.run.graph_database or "neo4j", tenant, agent)
-        finally:
-            driver.close()
+        g = query.agent(driver, state.run.graph_database or "neo4j", tenant, agent)
         if g is not None:
             props = dict(g["agent"])
             metrics = {k: props.pop(k) for k in list(props) if k not in ("key", "tenant", "id")}
