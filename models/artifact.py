@@ -22,10 +22,11 @@ TRITON_MODEL_DIR = os.path.join(ROOT, "triton_repo", "cascade_cfc", "1")
 
 
 def save_checkpoint(path: str, model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str,
-                    metrics: dict) -> None:
+                    metrics: dict, calibration: dict | None = None) -> None:
+    """``calibration``: the model's per-tenant input calibration (``Calibration.to_dict``)."""
     torch.save({"state_dict": model.state_dict(), "n_features": int(model.mean.shape[-1]),
                 "hidden": model.hidden, "seq_len": seq_len, "horizon_s": horizon_s,
-                "data_hash": data_hash, "metrics": metrics}, path)
+                "data_hash": data_hash, "metrics": metrics, "calibration": calibration}, path)
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, triton_dir: str | None = None) -> tuple[str, str]:
@@ -36,7 +37,7 @@ def export_checkpoint(checkpoint: str, out_dir: str, triton_dir: str | None = No
     model = CascadeCfC(n, torch.zeros(n), torch.ones(n), ck["hidden"])
     model.load_state_dict(ck["state_dict"])
     onnx_path, meta_path = write_artifact(model, ck["seq_len"], ck["horizon_s"], ck["data_hash"],
-                                          ck["metrics"], out_dir)
+                                          ck["metrics"], out_dir, ck.get("calibration"))
     if triton_dir:
         os.makedirs(triton_dir, exist_ok=True)
         shutil.copyfile(onnx_path, os.path.join(triton_dir, "model.onnx"))

@@ -33,7 +33,10 @@ def export_onnx(model: CascadeCfC, seq_len: int, path: str) -> None:
     os.remove(tmp)
 
 
-def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, metrics: dict) -> dict:
+def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, metrics: dict,
+             calibration: dict | None = None) -> dict:
+    """``model.json``; with ``calibration`` the model's inputs are calibrated per tenant
+    (``pipelines.calibration``) from the raw feature vectors named in ``feature_names``."""
     return {
         "model": "cascade_cfc", "framework": "ncps CfC (torch), exported to ONNX",
         "opset": OPSET, "ir_version": IR_VERSION, "inputs": {
@@ -49,18 +52,19 @@ def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, 
                           "note": "(asinh(features) - mean) * inv_std, inside the graph: feed raw "
                                   "feature vectors"},
         "seq_len": seq_len, "horizon_s": horizon_s, "training_data_sha256": data_hash,
+        **({"calibration": calibration} if calibration else {}),
         "metrics": metrics,
     }
 
 
 def write_artifact(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, metrics: dict,
-                   out_dir: str) -> tuple[str, str]:
+                   out_dir: str, calibration: dict | None = None) -> tuple[str, str]:
     """``model.onnx`` and ``model.json`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     onnx_path, meta_path = os.path.join(out_dir, "model.onnx"), os.path.join(out_dir, "model.json")
     export_onnx(model, seq_len, onnx_path)
     with open(meta_path, "w") as fh:
-        json.dump(metadata(model, seq_len, horizon_s, data_hash, metrics), fh, indent=2)
+        json.dump(metadata(model, seq_len, horizon_s, data_hash, metrics, calibration), fh, indent=2)
         fh.write("\n")
     return onnx_path, meta_path
 

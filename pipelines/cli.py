@@ -281,6 +281,10 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
     if s.consensus:
         rows += [("  - committed by consensus", s.consensus["committed"]),
                  ("  - disputed (dead-lettered)", s.consensus["disputed"])]
+    if s.verdicts:  # written verdicts by status (none in a summary from before statuses)
+        from pipelines.calibration import STATUSES
+
+        rows.append(("verdicts", ", ".join(f"{s.verdicts[k]} {k.replace('_', ' ')}" for k in STATUSES)))
     rows += [
              ("reconciles (in = windowed + dead)", "yes" if s.reconciles else "NO"),
              ("elapsed", f"{s.elapsed_s:.1f} s"),
@@ -414,12 +418,31 @@ def train_model(a: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cfg = TrainConfig(data=DatasetConfig(seed=a.seed, n_scenarios=a.scenarios, horizon_s=a.horizon),
-                      epochs=a.epochs, seed=a.seed)
-    result = train(cfg)
+                      epochs=a.epochs, seed=a.seed, calibration_windows=a.calibration_windows,
+                      recorded_weight=a.recorded_weight)
+    if a.corpus:
+        from models.crossfit import operating_threshold
+        from pipelines.backtest.ablation import to_training
+        from pipelines.backtest.recorded import corpus_split
+        from pipelines.training_data import build_dataset
+
+        runs, windows = corpus_split(a.corpus, "calibration", a.horizon)  # never the evaluation runs
+        data = build_dataset(cfg.data)
+        op = operating_threshold(cfg, data, runs, windows, a.folds, a.budget)
+        print(f"operating threshold {op['threshold']:.3f} (cross-fitted over {len(runs)} calibration runs: "
+              f"{op['out_of_fold']['warned']}/{op['out_of_fold']['onsets']} onsets warned, "
+              f"{op['out_of_fold']['false_alarms']} false alarms in {op['out_of_fold']['quiet_hours']:.2f} "
+              f"quiet hours)")
+        result = train(cfg, data, recorded=to_training(runs))
+        result.metrics["operating_threshold"] = op
+        result.metrics["corpus"] = os.path.abspath(a.corpus)
+    else:
+        result = train(cfg)
     out = a.out or MODEL_DIR
     os.makedirs(out, exist_ok=True)
     save_checkpoint(os.path.join(out, "checkpoint.pt"), result.model, cfg.seq_len, cfg.data.horizon_s,
-                    result.data_hash, result.metrics)
+                    result.data_hash, result.metrics,
+                    result.calibration.to_dict() if result.calibration else None)
     export_checkpoint(os.path.join(out, "checkpoint.pt"), out, TRITON_MODEL_DIR if a.out is None else None)
     print(f"model, metadata and metrics in {out} ({write_metrics(result.metrics, out)})")
     return 0
@@ -676,6 +699,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--horizon", type=float, default=60.0, help="seconds ahead a cascade is predicted")
     t.add_argument("--out", help="artifact directory (default: the committed models/cascade_cfc)")
+    t.add_argument("--calibration-windows", type=int, default=6,
+                   help="inputs relative to each tenant's first N windows (0: raw features; default 6)")
+    t.add_argument("--corpus", help="a testbed corpus (`aura corpus`): train on its calibration runs too, "
+                                    "and cross-fit the operating threshold on them")
+    t.add_argument("--recorded-weight", type=float, default=10.0,
+                   help="loss weight of a recorded window against a simulated one (default 10)")
+    t.add_argument("--folds", type=int, default=3,
+                   help="cross-fitting folds over the corpus runs (default 3)")
+    t.add_argument("--budget", type=float, default=1.0,
+                   help="false alarms per quiet fleet-hour the operating threshold allows (default 1)")
     e = sub.add_parser("export", help="re-export the checkpoint to ONNX + metadata")
     e.add_argument("--model-dir", help="directory with checkpoint.pt (default models/cascade_cfc)")
     e.add_argument("--out", help="where to write (default: in place, and into triton_repo)")
@@ -705,10 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "held-out labelled telemetry (Beam batch); report.html + metrics.json"))
     add_api_args(sub.add_parser("api", help="the service: OTLP + native telemetry in, risk / windows / "
                                 "incidents / agents out, alerts to Alertmanager; runs the streaming job"))
-    from pipelines.testbed.cli import add_testbed_args
+    from pipelines.testbed.cli import add_corpus_args, add_testbed_args
 
     add_testbed_args(sub.add_parser("testbed", help="a real fleet of traced agent processes on loopback, "
                                     "exporting OTLP to aura api; triggers, onsets, labels"))
+    add_corpus_args(sub.add_parser("corpus", help="record the testbed corpus: a family of real-process "
+                                   "fleets, traces as native telemetry, onsets as labels, calibration and "
+                                   "evaluation splits"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")
@@ -747,6 +783,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.testbed.cli import testbed_main
 
             return testbed_main(a)
+        if a.command == "corpus":
+            from pipelines.testbed.cli import corpus_main
+
+            return corpus_main(a)
         if a.command == "audit":
             return audit_keygen(a) if a.audit_command == "keygen" else audit_verify(a)
         return validate(a)

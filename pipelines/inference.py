@@ -12,10 +12,11 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.calibration import OK, Baseline, Calibration
 from schemas import FEATURES_SCHEMA_VERSION
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
@@ -27,9 +28,10 @@ class ModelInfo:
     """What the predictor needs from the model's metadata file."""
 
     seq_len: int
-    n_features: int
+    n_features: int  # of the model's input (the calibrated inputs when it is calibrated)
     horizon_s: float
     feature_schema_version: int
+    calibration: Calibration | None = None  # per-tenant input calibration (model.json)
 
     @staticmethod
     def load(model_dir: str) -> ModelInfo:
@@ -38,8 +40,9 @@ class ModelInfo:
             raise FileNotFoundError(f"no model metadata at {path}; run `aura train` or `aura export`")
         with open(path) as fh:
             meta = json.load(fh)
+        cal = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
         info = ModelInfo(int(meta["seq_len"]), int(meta["inputs"]["features"]["shape"][2]),
-                         float(meta["horizon_s"]), int(meta["feature_schema_version"]))
+                         float(meta["horizon_s"]), int(meta["feature_schema_version"]), cal)
         if info.feature_schema_version != FEATURES_SCHEMA_VERSION:
             raise ValueError(f"model {model_dir} was trained on feature schema "
                              f"v{info.feature_schema_version}, the pipeline computes "
@@ -119,13 +122,24 @@ class OnnxPredictor(ModelHandler):
         return f"onnxruntime in-process ({self.provider or 'not loaded'}), {self.model_dir}"
 
 
-def history_step(recent: dict[int, tuple[float, np.ndarray]], start_ms: int, end_s: float,
-                 vector: np.ndarray, seq_len: int, keep: int = 32
-                 ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, np.ndarray]]]:
-    """The model input for a window given the tenant's recent windows (by start ms):
-    (T, F) features, (T,) elapsed seconds, and the updated history (a later pane replaces
-    the earlier one; only windows up to this one feed its sequence)."""
-    updated = dict(recent)
+@dataclass
+class TenantHistory:
+    """A tenant's keyed state in the prediction stage: recent windows (start ms -> (end
+    seconds, raw feature vector)) and its calibration baseline."""
+
+    recent: dict[int, tuple[float, np.ndarray]] = field(default_factory=dict)
+    baseline: Baseline = field(default_factory=Baseline)
+
+
+def history_step(state: TenantHistory | None, start_ms: int, end_s: float, vector: np.ndarray,
+                 seq_len: int, calibration: Calibration | None = None, keep: int = 32
+                 ) -> tuple[np.ndarray, np.ndarray, TenantHistory, str]:
+    """The model input for a window given the tenant's state: (T, F) features (calibrated
+    when the model is), (T,) elapsed seconds, the updated state (a later pane replaces the
+    earlier one; only windows up to this one feed its sequence) and the verdict status
+    (``pipelines.calibration``: ok, calibrating, out_of_distribution)."""
+    state = state or TenantHistory()
+    updated = dict(state.recent)
     updated[start_ms] = (end_s, vector)
     for k in sorted(updated)[:-keep]:
         del updated[k]
@@ -133,7 +147,11 @@ def history_step(recent: dict[int, tuple[float, np.ndarray]], start_ms: int, end
     ends = np.array([updated[k][0] for k in upto])
     feats = np.stack([updated[k][1] for k in upto])
     x, dt = sequence_at(feats, ends, len(upto) - 1, t=seq_len)
-    return x, dt, updated
+    if calibration is None:
+        return x, dt, TenantHistory(updated, state.baseline), OK
+    base = calibration.observe(state.baseline, start_ms, vector)
+    x = calibration.transform(x, base)
+    return x, dt, TenantHistory(updated, base), calibration.status(base, x)
 
 
 class TritonPredictor(ModelHandler):
@@ -219,3 +237,20 @@ class PredictorSpec:
         if self.kind == "triton":
             return TritonPredictor(self.triton_url, self.triton_protocol, model_dir=self.model_dir)
         raise ValueError(f"predictor must be 'onnx' or 'triton', got {self.kind!r}")
+
+
+def score_tenant(predictor: ModelHandler, starts_s: np.ndarray, ends_s: np.ndarray, features: np.ndarray
+                 ) -> tuple[np.ndarray, list[str]]:
+    """One tenant's windows in order (one pane each) through ``history_step`` and the
+    model, as the streaming job scores them: (W,) probabilities and (W,) statuses."""
+    state, xs, dts, statuses = None, [], [], []
+    info = predictor.info
+    for start, end, vec in zip(starts_s, ends_s, features):
+        x, dt, state, status = history_step(state, int(round(start * 1000)), float(end), vec, info.seq_len,
+                                            info.calibration)
+        xs.append(x)
+        dts.append(dt)
+        statuses.append(status)
+    if not xs:
+        return np.zeros(0), []
+    return predictor.run_inference(np.stack(xs), np.stack(dts)), statuses

@@ -28,11 +28,11 @@ SICK = {"unhealthy_frac": 0.4, "error_rate_p90": 1.0}
 
 
 def verdict(i: int, p: float, health: dict | None = None, committed: bool = True, pane: int = 0,
-            tenant: str = "acme", **features) -> Verdict:
+            tenant: str = "acme", status: str = "ok", **features) -> Verdict:
     """The verdict of window ``i`` (10 s windows from T0)."""
     f = None if health is None else {**health, **features}
     return Verdict(tenant, T0_MS + i * SLIDE_MS, T0_MS + (i + 1) * SLIDE_MS, p, CERT if committed else None,
-                   pane, f)
+                   pane, f, status=status)
 
 
 def feature_row(tenant: str, start_ms: int, pane: int, **values: float) -> pa.Table:
@@ -60,8 +60,9 @@ def snapshot_table(tenant: str, start_ms: int, pane: int, sick: tuple[str, ...] 
 
 def write_window(out_dir: str, i: int, p: float, committed: bool = True, pane: int = 0, tenant: str = "acme",
                  features: dict | None = None, sick: tuple[str, ...] = (), with_features: bool = True,
-                 with_prediction: bool = True) -> str:
-    """Snapshot, feature row and prediction of window ``i`` as the streaming job writes them."""
+                 with_prediction: bool = True, status: str | None = "ok") -> str:
+    """Snapshot, feature row and prediction of window ``i`` as the streaming job writes them
+    (``status`` None: a prediction file from before verdict statuses, without the column)."""
     start = T0_MS + i * SLIDE_MS
     write_pane(out_dir, "snapshots", tenant, start, pane, snapshot_table(tenant, start, pane, sick))
     if with_features:
@@ -71,9 +72,10 @@ def write_window(out_dir: str, i: int, p: float, committed: bool = True, pane: i
         return ""
     row = {"tenant": tenant, "window_start": start, "window_end": start + SLIDE_MS, "pane_index": pane,
            "probability": p, "horizon_s": 60.0, "history_windows": 8, "feature_version": 1,
-           "predictor": "fixture", "certificate": CERT if committed else None}
-    return write_pane(out_dir, "predictions", tenant, start, pane,
-                      pa.Table.from_pylist([row], schema=PREDICTION_ROW))
+           "predictor": "fixture", "certificate": CERT if committed else None, "status": status}
+    schema = PREDICTION_ROW if status is not None else pa.schema(
+        [f for f in PREDICTION_ROW if f.name != "status"])
+    return write_pane(out_dir, "predictions", tenant, start, pane, pa.Table.from_pylist([row], schema=schema))
 
 
 class WebhookReceiver:

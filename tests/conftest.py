@@ -41,3 +41,11 @@ def write_ndjson(path, lines: list[bytes]) -> str:
 @pytest.fixture
 def out_dir(tmp_path):
     return str(tmp_path / "out")
+
+
+@pytest.fixture(scope="session")
+def calibrated_model_dir(tmp_path_factory) -> str:
+    """A tiny calibrated model artifact (``tests.calibrated_model``): baseline of 3 windows."""
+    from tests.calibrated_model import write_calibrated_model
+
+    return write_calibrated_model(str(tmp_path_factory.mktemp("calibrated-model")))

@@ -118,6 +118,33 @@ def test_verdicts_must_come_in_window_order_for_one_tenant():
         step(POLICY, state, verdict(6, 0.9, HEALTHY, tenant="other"))
 
 
+@pytest.mark.parametrize("reason", ["calibrating", "out_of_distribution"])
+def test_a_held_back_verdict_opens_nothing_however_high_and_an_ok_one_still_does(reason):
+    state, events = run([verdict(0, 0.99, HEALTHY, status=reason), verdict(1, 0.95, SICK, status=reason)])
+    assert events == [] and state.open is None and state.last_window == window(1)
+    assert state.baseline.n == 0  # nor does it teach the mechanism baseline
+    _, events = run([verdict(0, 0.99, HEALTHY, status=reason), verdict(1, 0.9, HEALTHY)])
+    assert [(e.action, e.window_start) for e in events] == [(OPEN, window(1))]
+    tr = TenantTracker(POLICY, "acme")
+    assert tr.add(verdict(0, 0.99, HEALTHY, status=reason)) == []
+    assert tr.add(verdict(1, 0.97, HEALTHY, status=reason)) == []
+    assert [e.action for e in tr.add(verdict(2, 0.9, HEALTHY))] == [OPEN]
+    assert tr.held_back == {reason: 2} and tr.counts["verdicts"] == 3
+
+
+def test_a_held_back_verdict_neither_escalates_nor_resolves_an_open_incident():
+    seq = [verdict(0, 0.9, HEALTHY), verdict(1, 0.1, HEALTHY), verdict(2, 0.1, HEALTHY),
+           verdict(3, 0.99, SICK, status="out_of_distribution"),  # would escalate and break the count
+           verdict(4, 0.1, HEALTHY, status="calibrating"), verdict(5, 0.1, HEALTHY, status="calibrating")]
+    state, events = run(seq)
+    assert [e.action for e in events] == [OPEN] and state.open.kind == WARNING and state.calm == 2
+    assert state.open.windows == 3 and state.open.probability == 0.1  # the last ok verdict's
+    assert [t["status"] for t in state.open.timeline] == ["ok"] * 3 + ["out_of_distribution"] + \
+        ["calibrating"] * 2  # noted, with its status
+    _, events = run(seq + [verdict(6, 0.1, HEALTHY)])  # the third ok calm window resolves it
+    assert [(e.action, e.window_start) for e in events] == [(OPEN, window(0)), (RESOLVE, window(6))]
+
+
 def test_implicated_agents_are_kept_by_their_largest_involvement():
     a = verdict(0, 0.9, HEALTHY)
     b = verdict(1, 0.9, HEALTHY)
@@ -224,6 +251,25 @@ def test_properties_of_the_state_machine(spec, n):
         [(e.action, e.window_start) for e in events]
 
 
+def _shape(events) -> list:
+    return [(e.action, e.window_start, e.incident.kind, e.incident.mechanism, e.incident.status,
+             e.incident.opened_window, e.incident.resolved_window, e.incident.windows) for e in events]
+
+
+STATUS = st.sampled_from(["ok", "ok", "calibrating", "out_of_distribution"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(window_verdict, STATUS), max_size=50))
+def test_held_back_verdicts_anywhere_give_the_events_of_the_ok_verdicts_alone(spec):
+    vs = [verdict(i, p, HEALTHS[h], committed=c, status=status) for i, ((p, h, c), status) in enumerate(spec)]
+    state, events = run(vs)
+    ok_state, ok_events = run([v for v in vs if v.status == "ok"])
+    assert _shape(events) == _shape(ok_events)
+    assert (state.open is None) == (ok_state.open is None) and state.calm == ok_state.calm
+    assert all(not v.held_back for e in events for v in vs if v.window_start == e.window_start)
+
+
 def final_incidents(events) -> dict:
     """id -> its last version's status, kind, mechanism, opening and resolving windows."""
     last = {}
@@ -311,6 +357,34 @@ def test_service_reads_each_file_once_in_window_order_and_keeps_incident_records
     log = svc.latency_log()
     assert [x["action"] for x in log] == ["open", "update", "resolve"]
     assert all(x["file_mtime"] <= x["seen_at"] <= x["delivered_at"] for x in log)
+
+
+def test_service_holds_back_unsure_verdicts_counts_them_and_reads_old_files_as_ok(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipelines.service.alerting import ServiceAlerts
+
+    out = str(tmp_path / "out")
+    svc = AlertService(out)
+    write_window(out, 0, 0.95, features=HEALTHY, status="calibrating")
+    write_window(out, 1, 0.97, features=SICK, status="calibrating")
+    write_window(out, 2, 0.99, features=SICK, status="out_of_distribution")
+    assert svc.poll_once() == [] and svc.open_incidents() == []
+    assert svc.held_back() == {"calibrating": 2, "out_of_distribution": 1}
+    write_window(out, 3, 0.9, features=HEALTHY, status=None)  # a file from before statuses: ok
+    assert [(e.action, e.window_start) for e in svc.poll_once()] == [(OPEN, window(3))]
+    assert svc.held_back() == {"calibrating": 2, "out_of_distribution": 1}
+    registry = CollectorRegistry()
+
+    class Source:
+        def collect(self):
+            return ServiceAlerts(svc).metric_families()
+
+    registry.register(Source())
+    text = generate_latest(registry).decode()
+    assert 'aura_alerts_held_back_total{reason="calibrating"} 2.0' in text
+    assert 'aura_alerts_held_back_total{reason="out_of_distribution"} 1.0' in text
+    assert "aura_alerts_verdicts_total 4.0" in text
 
 
 def test_service_withdraws_an_alert_whose_opening_verdict_a_later_pane_took_back(tmp_path):

@@ -91,6 +91,36 @@ def test_backtest_recorded_parquet_with_labels(out_dir, tmp_path, capsys):
     assert m["run"]["pipeline"]["scored_windows_without_committed_verdict"] == 0  # every window predicted
 
 
+def test_backtest_recorded_with_named_splits_reports_the_on_call_view(out_dir, tmp_path, capsys):
+    """Labels that name each tenant's split (as the testbed corpus writes them): calibration
+    runs fit the thresholds, evaluation runs are the test split; the on-call view (false
+    alarms per quiet hour, onsets warned between trigger and onset) is in metrics.json and
+    printed for every method."""
+    tele = str(tmp_path / "rec" / "telemetry")
+    assert main(["simulate", "--out", tele, "--agents", "60", "--duration", "120", "--tenants", "4",
+                 "--seed", "5100", "--format", "parquet", "--tenant", "cor"]) == 0
+    labels = str(tmp_path / "rec" / "labels.json")
+    with open(labels) as fh:
+        doc = json.load(fh)
+    for d in doc["scenarios"]:
+        d["split"] = "calibration" if d["tenant"] in ("cor-0", "cor-1") else "evaluation"
+    with open(labels, "w") as fh:
+        json.dump(doc, fh)
+    rc = main(["backtest", "--out", out_dir, "--input", tele, "--no-consensus", *QUICK])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "test, as on call" in printed and "validation, as on call" in printed
+    with open(os.path.join(out_dir, "metrics.json")) as fh:
+        m = json.load(fh)
+    assert m["run"]["splits"] == {"validation": ["cor-0", "cor-1"], "test": ["cor-2", "cor-3"]}
+    fleet = m["fleet"]
+    assert set(fleet["methods"]) == METHODS == set(fleet["thresholds"])
+    for by_split in fleet["methods"].values():
+        t = by_split["test"]
+        assert t["onsets"] == t["warned"] + t["late"] + t["missed"]
+        assert t["quiet_hours"] <= 2 * 120 / 3600 + 1e-9
+
+
 def test_backtest_refuses_a_broken_labels_file(tmp_path, capsys):
     """A labels file that cannot be scored stops the run before any pipeline starts, with the
     tenant and the field in the message."""

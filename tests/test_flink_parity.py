@@ -1,6 +1,7 @@
 """The Flink job (PyFlink MiniCluster, parallelism 2) against the Beam streaming job on the
-same fixed telemetry: same windows, same features (1e-9), same predictions and verdicts,
-same dead letters, and both reconcile."""
+same fixed telemetry: same windows, same features (1e-9), same predictions, verdicts and
+verdict statuses (a calibrated model: each tenant's baseline lives in the engines' keyed
+state), same dead letters, and both reconcile."""
 
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ def clean_env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Both engines over the same files (module scope: Flink start-up is slow)."""
+def runs(tmp_path_factory, calibrated_model_dir):
+    """Both engines over the same files (module scope: Flink start-up is slow), predicting
+    with the calibrated test model (its first 3 windows per tenant are "calibrating")."""
     base = tmp_path_factory.mktemp("parity")
     paths, bad = telemetry_files(base / "in")
-    cfg = RunConfig(input=str(base / "in"), graph=False)
+    cfg = RunConfig(input=str(base / "in"), graph=False, model_dir=calibrated_model_dir)
     spec = cfg.window_spec()
     beam_out, flink_out = str(base / "beam"), str(base / "flink")
     beam = beam_job.run_files_streaming(paths, spec, beam_out, cfg.max_out_of_orderness_s, cfg.guard(),
@@ -85,6 +87,10 @@ def test_same_features_and_predictions(runs):
         assert math.isclose(pf[key]["probability"], pb[key]["probability"], rel_tol=1e-9, abs_tol=1e-9)
         assert pf[key]["history_windows"] == pb[key]["history_windows"]
         assert (pf[key]["certificate"] is None) == (pb[key]["certificate"] is None)
+        assert pf[key]["status"] == pb[key]["status"]
+    for tenant in ("acme", "beta"):
+        statuses = [pb[k]["status"] for k in sorted(pb) if k[0] == tenant]
+        assert statuses == ["calibrating"] * 3 + ["ok"] * (len(statuses) - 3)
 
 
 def test_same_dead_letters_and_both_reconcile(runs):
@@ -96,4 +102,5 @@ def test_same_dead_letters_and_both_reconcile(runs):
     assert "unsupported_by_flink_sql" not in flink.dead
     assert (flink.windows, flink.predictions) == (beam.windows, beam.predictions) == (16, 16)
     assert flink.consensus == beam.consensus
+    assert flink.verdicts == beam.verdicts == {"calibrating": 6, "ok": 10}
     assert os.path.exists(os.path.join(flink_out, "summary.json"))

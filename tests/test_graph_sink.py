@@ -239,6 +239,30 @@ def test_certificate_becomes_properties_without_a_migration(server):
     assert json.loads(rows[1]["extra"]) == {"nested": True} and json.loads(rows[1]["cert"]) == cert
 
 
+def test_prediction_status_is_written_and_a_later_pane_replaces_it_idempotently(server):
+    from pipelines.graph import query
+
+    items = stream("st-a", n_agents=60, n_windows=3)
+    preds = [i for i, (kind, _) in enumerate(items) if kind == "prediction"]
+    first = items[preds[0]][1]
+    items[preds[0]] = ("prediction", {**first, "status": "calibrating"})
+    items[preds[2]] = ("prediction", {**items[preds[2]][1], "status": "out_of_distribution"})
+    # window 1's row has no status (a row from before statuses): "ok"
+    start = [R.ms(items[i][1]["window_start"]) for i in preds]
+    with GraphSink(spec_for(server)) as sink:
+        assert all(write_all(sink, items))
+        got = [query.prediction(sink.driver, "neo4j", "st-a", s)["prediction"]["status"] for s in start]
+        assert got == ["calibrating", "ok", "out_of_distribution"]
+        assert {r["status"] for r in query.at_risk(sink.driver, "neo4j", "st-a")} == {"out_of_distribution"}
+        assert [r["status"] for r in query.timeline(sink.driver, "neo4j", "st-a")] == got
+        once = dump(sink.driver, "st-a")
+        assert all(write_all(sink, items))  # a replay changes nothing
+        assert dump(sink.driver, "st-a") == once
+        assert sink.write_prediction({**first, "pane_index": 1, "status": "ok"})  # a later pane
+        assert sink.write_prediction({**first, "status": "calibrating"})  # the earlier one, redelivered
+        assert query.prediction(sink.driver, "neo4j", "st-a", start[0])["prediction"]["status"] == "ok"
+
+
 # -- failure: server killed, unreachable ---------------------------------------------------
 def test_server_killed_mid_run_spills_and_replay_delivers_every_window_exactly_once(tmp_path, server):
     srv = EmbeddedGraphServer(str(tmp_path / "graph")).start()

@@ -160,6 +160,60 @@ def test_reads_over_the_jobs_outputs(job_outputs):
         assert r.json()["detail"]
     assert c.get("/readyz").json()["checks"]["model"] is True
     assert 'aura_tenant_risk{tenant="acme"}' in c.get("/metrics").text
+    # the committed model is not calibrated: its verdicts are trusted from the first window
+    assert (v["status"], v["calibration"], v["note"]) == ("ok", "complete", None)
+    assert {x["status"] for x in w} == {"ok"}
+
+
+@pytest.fixture(scope="module")
+def calibrated_outputs(tmp_path_factory, calibrated_model_dir):
+    """A real run (batch: the two fleets' files are not interleaved in event time) with the
+    calibrated test model (baseline of 3 windows) over two fleets: acme (120 s, past its
+    baseline) and fresh (20 s: still calibrating at its latest window)."""
+    root = tmp_path_factory.mktemp("svc-calibrated")
+    for tenant, seconds in (("acme", "120"), ("fresh", "20")):
+        assert main(["simulate", "--agents", "20", "--duration", seconds, "--seed", "3", "--tenant", tenant,
+                     "--out", str(root / f"tele-{tenant}")]) == 0
+    assert main(["run", "--input", str(root / "tele-*" / "*.ndjson"), "--out", str(root / "svc" / "run"),
+                 "--mode", "batch", "--no-progress", "--no-graph", "--model-dir", calibrated_model_dir]) == 0
+    return root
+
+
+def test_the_tenant_view_says_when_a_tenant_is_still_calibrating(calibrated_outputs):
+    svc = calibrated_outputs / "svc"
+    cfg = ApiConfig(data_dir=str(svc)).validate()
+    run = load_run_config(None, landing=str(svc / "landing"), out=str(svc / "run"), graph=False)
+    c = TestClient(create_app(cfg, run, start_runtime=False))
+    fresh = c.get("/v1/tenants/fresh/risk").json()
+    assert fresh["committed"] and 0 <= fresh["probability"] <= 1  # committed, but not trusted yet
+    assert (fresh["status"], fresh["calibration"]) == ("calibrating", "calibrating")
+    assert "still calibrating" in fresh["note"] and "raises no alert" in fresh["note"]
+    acme = c.get("/v1/tenants/acme/risk").json()
+    assert (acme["status"], acme["calibration"], acme["note"]) == ("ok", "complete", None)
+    w = c.get("/v1/tenants/acme/windows").json()["windows"]
+    assert len(w) == 12 and [x["status"] for x in w] == ["calibrating"] * 3 + ["ok"] * 9
+    assert all(x["status"] == "calibrating" for x in c.get("/v1/tenants/fresh/windows").json()["windows"])
+    metrics = c.get("/metrics").text
+    assert 'aura_tenant_verdict_status{status="calibrating",tenant="fresh"} 1.0' in metrics
+    assert 'aura_tenant_verdict_status{status="ok",tenant="acme"} 1.0' in metrics
+    assert 'aura_tenant_verdict_status{status="calibrating",tenant="acme"} 0.0' in metrics
+
+
+def test_the_tenant_view_says_when_the_latest_verdict_is_out_of_distribution(tmp_path):
+    from tests.alerts_fixture import write_window
+
+    c = _client(tmp_path)
+    run_dir = str(tmp_path / "svc" / "run")
+    write_window(run_dir, 0, 0.2, status=None, tenant="old")  # a file from before statuses
+    old = c.get("/v1/tenants/old/risk").json()
+    assert (old["status"], old["calibration"], old["note"]) == ("ok", "complete", None)
+    write_window(run_dir, 0, 0.1)
+    write_window(run_dir, 1, 0.95, status="out_of_distribution")
+    v = c.get("/v1/tenants/acme/risk").json()
+    assert (v["status"], v["calibration"], v["band"]) == ("out_of_distribution", "complete", "high")
+    assert "out of distribution" in v["note"] and "not trusted" in v["note"]
+    assert [x["status"] for x in c.get("/v1/tenants/acme/windows").json()["windows"]] == [
+        "ok", "out_of_distribution"]
 
 
 def _an_agent_with_calls(root) -> str:

@@ -1,7 +1,8 @@
 """Reading the streaming job's per-pane outputs into verdicts.
 
 ``<out>/predictions/tenant=<t>/window=<start ms>-pane=<i>.parquet`` (PREDICTION_ROW, one
-row; ``certificate`` is the consensus QC as JSON, null without consensus), the feature row of
+row; ``certificate`` is the consensus QC as JSON, null without consensus; ``status`` the
+verdict status, ``ok`` in files written before it existed), the feature row of
 the same (tenant, window, pane) under ``features/`` (fleet health and the mechanism's inputs)
 and the snapshot under ``snapshots/`` (implicated agents, ``pipelines.graph.rows.implicated``).
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from pipelines.alerts.policy import Verdict
+from pipelines.calibration import OK
 from pipelines.graph.rows import implicated
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.filtrations import StressFiltration
@@ -137,4 +139,4 @@ def read_verdict(out_dir: str, pf: PaneFile, stress: StressFiltration | None = N
     hot = read_implicated(out_dir, pf.tenant, start, pf.pane, stress or StressFiltration(), top_k) \
         if want else ()
     return Verdict(pf.tenant, start, end, p, r["certificate"], pf.pane,
-                   read_features(out_dir, pf.tenant, start, pf.pane), hot)
+                   read_features(out_dir, pf.tenant, start, pf.pane), hot, r.get("status") or OK)

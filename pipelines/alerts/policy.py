@@ -3,6 +3,11 @@
 Rules (pure; no I/O, no clock):
 
 - Only committed verdicts count (a consensus certificate); an uncommitted one changes nothing.
+- A committed verdict whose status is not ``ok`` (``pipelines.calibration``: the tenant is
+  still ``calibrating``, or the window is ``out_of_distribution``) is *held back*: the model
+  is unsure, so it neither opens, escalates nor resolves an incident, does not count towards
+  (or break) the calm windows that resolve one, and does not feed the mechanism baseline; an
+  open incident only notes it in its timeline (with its status).
 - A committed verdict in the high band (``probability >= high``; the top cut of the risk
   bands, 0.7 by default) opens an incident when none is open.
 - The fleet's health in a window comes from its feature row:
@@ -30,6 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from pipelines.alerts.mechanism import UNKNOWN, Baseline, classify
+from pipelines.calibration import OK
 from pipelines.consensus.validator import RiskBands
 
 WARNING, CASCADE = "warning", "cascade_in_progress"
@@ -50,10 +56,16 @@ class Verdict:
     pane_index: int = 0
     features: Mapping[str, float] | None = None  # the window's feature row (by name); None: not read
     implicated: tuple[tuple[str, float], ...] = ()  # (agent, involvement), most involved first
+    status: str = OK  # ok | calibrating | out_of_distribution (pipelines.calibration)
 
     @property
     def committed(self) -> bool:
         return self.certificate is not None
+
+    @property
+    def held_back(self) -> bool:
+        """The model is unsure of this verdict: it changes no incident (module doc)."""
+        return self.status != OK
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,7 @@ def _entry(policy: AlertPolicy, v: Verdict, health: str, kind: str) -> dict:
     return {"window_start": v.window_start, "window_end": v.window_end, "pane": v.pane_index,
             "probability": round(v.probability, 6), "band": policy.band(v.probability), "health": health,
             "unhealthy_frac": f.get("unhealthy_frac"), "error_rate_p90": f.get("error_rate_p90"),
-            "kind": kind}
+            "kind": kind, "status": v.status}
 
 
 def _merge_implicated(old: tuple, new: tuple, k: int) -> tuple[tuple[str, float], ...]:
@@ -228,6 +240,11 @@ def step(policy: AlertPolicy, state: TenantState, v: Verdict) -> tuple[TenantSta
                          f"{state.last_window} (the tracker reorders late panes)")
     health, high = policy.health(v.features), v.probability >= policy.high
     inc = state.open
+    if v.held_back:
+        if inc is not None:
+            entry = _entry(policy, v, health, inc.kind)
+            inc = replace(inc, timeline=_timeline(inc, entry, policy.timeline_limit))
+        return replace(state, open=inc, last_window=v.window_start), []
     if inc is None:
         if not high:
             calm_window = health == HEALTHY and v.probability < policy.bands.cuts[0]  # the low band

@@ -43,7 +43,7 @@ from pipelines.alerts.alertmanager import (
 from pipelines.alerts.incidents import all_incidents, write_incident
 from pipelines.alerts.outputs import PaneFile, has_features, read_verdict, scan
 from pipelines.alerts.policy import ACTIVE, WITHDRAWN, AlertEvent, AlertPolicy, Incident, Verdict
-from pipelines.alerts.tracker import TenantTracker
+from pipelines.alerts.tracker import HELD_BACK_REASONS, TenantTracker
 from pipelines.topology.filtrations import StressFiltration
 
 log = logging.getLogger("aura.alerts")
@@ -327,6 +327,14 @@ class AlertService:
         out["incidents_total"] = len(sent)
         out["files_waiting_features"] = self.waiting_features
         out["tenants"] = len(trackers)
+        return out
+
+    def held_back(self) -> dict[str, int]:
+        """Committed verdicts held back (status not ``ok``) by reason, every reason present."""
+        out = dict.fromkeys(HELD_BACK_REASONS, 0)
+        for t in list(self.trackers.values()):
+            for reason, n in list(t.held_back.items()):
+                out[reason] = out.get(reason, 0) + n
         return out
 
     def latency_log(self) -> list[dict]:

@@ -8,11 +8,13 @@ from the frozen state on every arrival (a few dozen steps), then reports the dif
 what it reported before: so the incidents are always those of the in-order fold over the
 latest panes, whatever the arrival order within the horizon. Verdicts older than the horizon
 are counted and ignored (their windows are final). An incident whose opening verdict a later
-pane took back is reported ``withdrawn`` (a resolve event).
+pane took back is reported ``withdrawn`` (a resolve event). Held-back verdicts (status not
+``ok``: the policy lets them change no incident) are counted by reason as they arrive.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from pipelines.alerts.policy import (
@@ -29,6 +31,10 @@ from pipelines.alerts.policy import (
     fold,
     step,
 )
+from pipelines.calibration import CALIBRATING, OUT_OF_DISTRIBUTION
+
+HELD_BACK_REASONS = (CALIBRATING, OUT_OF_DISTRIBUTION)
+OTHER_STATUS = "unknown_status"  # any other status a file may carry (keeps the label set bounded)
 
 
 class TenantTracker:
@@ -43,6 +49,7 @@ class TenantTracker:
         self.tail: dict[int, Verdict] = {}  # window start -> latest committed pane
         self.known: dict[str, Incident] = {}  # last reported version of incidents not yet final
         self.counts = {"verdicts": 0, "uncommitted": 0, "late_ignored": 0, "stale_pane": 0}
+        self.held_back: Counter = Counter()  # committed verdicts held back, by reason
 
     @property
     def open_incident(self) -> Incident | None:
@@ -67,6 +74,8 @@ class TenantTracker:
         if old is not None and old.pane_index > v.pane_index:
             self.counts["stale_pane"] += 1
             return []
+        if v.held_back:
+            self.held_back[v.status if v.status in HELD_BACK_REASONS else OTHER_STATUS] += 1
         self.tail[v.window_start] = v
         while len(self.tail) > self.horizon:  # the oldest window becomes final
             first = min(self.tail)

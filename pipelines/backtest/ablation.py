@@ -59,16 +59,18 @@ def train_without_topology(fit: list[ScenarioWindows], cols: np.ndarray, train_c
     tc = TrainConfig(**{k: v for k, v in cfg.items() if k in known})
     log(f"ablation: training a CfC on {len(cols)} non-topology features ({len(data)} scenarios, "
         f"{tc.epochs} epochs)")
-    res = train(tc, data=data, log=log)
+    from pipelines.backtest.baselines import NAMES
+
+    names = [NAMES[i] for i in cols]
+    res = train(tc, data=data, log=log, names=names)
     horizon = float(train_config.get("data", {}).get("horizon_s", 60.0))
     tmp = model_dir + ".tmp"
-    write_artifact(res.model, tc.seq_len, horizon, res.data_hash, res.metrics, tmp)
+    write_artifact(res.model, tc.seq_len, horizon, res.data_hash, res.metrics, tmp,
+                   res.calibration.to_dict() if res.calibration else None)
     meta_path = os.path.join(tmp, "model.json")
     with open(meta_path) as fh:
         meta = json.load(fh)
-    from pipelines.backtest.baselines import NAMES
-
-    meta["feature_names"] = [NAMES[i] for i in cols]
+    meta["feature_names"] = names
     meta["model"] = "cascade_cfc_no_topology"
     with open(meta_path, "w") as fh:
         json.dump(meta, fh, indent=2)

@@ -153,13 +153,12 @@ class SequenceScorer:
         return self  # trained beforehand (``ablation.train_without_topology``)
 
     def score(self, s: ScenarioWindows) -> np.ndarray:
-        from pipelines.inference import sequence_at
+        """As the job scores: calibrated when the model is; 0 (no alarm) where the verdict
+        would not be trusted (calibrating, out of distribution)."""
+        from pipelines.inference import score_tenant
 
         if len(s.window_end) == 0:
             return np.zeros(0)
         feats = s.features if self.cols is None else s.features[:, self.cols]
-        t = self.predictor.info.seq_len
-        seqs = [sequence_at(feats, s.window_end, i, t=t) for i in range(len(s.window_end))]
-        x = np.stack([a for a, _ in seqs]).astype(np.float32)
-        dt = np.stack([b for _, b in seqs]).astype(np.float32)
-        return self.predictor.run_inference(x, dt)
+        p, statuses = score_tenant(self.predictor, s.window_end, s.window_end, feats)
+        return np.where(np.array(statuses) == "ok", p, 0.0)

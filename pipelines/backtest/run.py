@@ -27,6 +27,7 @@ import numpy as np
 
 from pipelines.backtest import baselines as bl
 from pipelines.backtest.code_hash import code_hash
+from pipelines.backtest.fleet_scoring import score_fleets, threshold_for_quiet_budget
 from pipelines.backtest.labels import load_labels, reconcile
 from pipelines.backtest.scoring import ScenarioWindows, score_split, threshold_for_budget, threshold_for_f1
 from pipelines.backtest.uncertainty import bootstrap_bar
@@ -128,10 +129,23 @@ def assemble(results, docs: list[dict], horizon_s: float, family_of) -> list[Sce
 
 
 def aura_scores(results, s: ScenarioWindows) -> np.ndarray:
-    """Committed probability per window (0 where consensus committed none)."""
+    """Committed probability per window; 0 (no alarm) where consensus committed none or the
+    verdict's status is not ok (calibrating, out of distribution: alerts are held back)."""
     starts = results.features[s.tenant][0]
-    return np.array([float(results.predictions[(s.tenant, int(w))]["probability"])
-                     if (s.tenant, int(w)) in results.predictions else 0.0 for w in starts])
+    out = []
+    for w in starts:
+        row = results.predictions.get((s.tenant, int(w)))
+        ok = row is not None and row.get("status", "ok") == "ok"
+        out.append(float(row["probability"]) if ok else 0.0)
+    return np.array(out)
+
+
+def aura_trusted(results, s: ScenarioWindows) -> np.ndarray:
+    """Windows with a committed verdict whose status is ok: where AURA can alarm or is
+    credited with quiet time (``fleet_scoring``)."""
+    starts = results.features[s.tenant][0]
+    rows = [results.predictions.get((s.tenant, int(w))) for w in starts]
+    return np.array([r is not None and r.get("status", "ok") == "ok" for r in rows], dtype=bool)
 
 
 def windows_without_verdict(results, scenarios: list[ScenarioWindows]) -> int:
@@ -259,6 +273,26 @@ def _input_sources(cfg: BacktestConfig) -> tuple[list[str], list[dict]]:
     raise FileNotFoundError(f"no labels file for {cfg.input} (tried {', '.join(cands)}); give --labels")
 
 
+SPLIT_NAMES = {"calibration": "validation", "validation": "validation", "evaluation": "test", "test": "test"}
+
+
+def input_splits(docs: list[dict]) -> dict[str, str]:
+    """Tenant -> "validation" | "test" for recorded telemetry: the labels' own ``split``
+    (``calibration``/``evaluation``, as the testbed corpus writes them) when every document
+    has one, else by a hash of the tenant name."""
+    tenants = sorted(d["tenant"] for d in docs)
+    if docs and all("split" in d for d in docs):
+        bad = sorted({d["split"] for d in docs} - set(SPLIT_NAMES))
+        if bad:
+            raise ValueError(f"labels: unknown split {bad}; use one of {sorted(SPLIT_NAMES)}")
+        return {d["tenant"]: SPLIT_NAMES[d["split"]] for d in docs}
+    if any("split" in d for d in docs):
+        raise ValueError("labels: some scenarios name a split and some do not; name it for all or none")
+    val_tenants = {t for t in tenants if int(hashlib.sha256(t.encode()).hexdigest(), 16) % 2 == 0} \
+        if len(tenants) > 1 else set()
+    return {t: "validation" if t in val_tenants else "test" for t in tenants}
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     """The whole backtest; writes ``metrics.json`` and ``report.html`` into ``cfg.out``."""
@@ -280,10 +314,7 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     train_agents, train_graphs = set(ds.agents), set(ds.graphs)
     if cfg.input:
         sources, docs = _input_sources(cfg)
-        tenants = sorted(d["tenant"] for d in docs)
-        val_tenants = {t for t in tenants if int(hashlib.sha256(t.encode()).hexdigest(), 16) % 2 == 0} \
-            if len(tenants) > 1 else set()
-        split_of = {t: "validation" if t in val_tenants else "test" for t in tenants}
+        split_of = input_splits(docs)
     else:
         duration = cfg.duration_s or ds.duration_s
         clash = train_seeds & set(cfg.val_seeds + cfg.test_seeds + cfg.ood_seeds)
@@ -352,7 +383,8 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         m.fit(fit_train)
         scores[m.name] = {s.tenant: np.asarray(m.score(s), dtype=float) for s in evald}
 
-    metrics = evaluate(scores, val_set, test_set, cfg.false_alarm_budget)
+    trusted = {AURA: {s.tenant: aura_trusted(res, s) for s in evald}}
+    metrics = evaluate(scores, val_set, test_set, cfg.false_alarm_budget, trusted)
     metrics["bar"] = check_bar(metrics)
     if metrics["bar"]:
         best = metrics["bar"]["best_baseline"]
@@ -399,8 +431,15 @@ def freeze_thresholds(val_set: list[ScenarioWindows], scores: dict[str, np.ndarr
 
 
 def evaluate(scores: dict[str, dict[str, np.ndarray]], val_set: list[ScenarioWindows],
-             test_set: list[ScenarioWindows], budget: float) -> dict:
-    """Every method's thresholds frozen on validation, then its metrics per split."""
+             test_set: list[ScenarioWindows], budget: float,
+             trusted: dict[str, dict[str, np.ndarray]] | None = None) -> dict:
+    """Every method's thresholds frozen on validation, then its metrics per split
+    (``trusted``: per method, the windows it gave a verdict it stands by; default all)."""
+    trusted = trusted or {}
+
+    def tr(name: str, ss: list[ScenarioWindows]) -> list[np.ndarray] | None:
+        return [trusted[name][s.tenant] for s in ss] if name in trusted else None
+
     thresholds = {name: freeze_thresholds(val_set, by_tenant, budget) for name, by_tenant in scores.items()}
     parts = {"validation": val_set, "test": test_set,
              "test_in_distribution": [s for s in test_set if s.family == ID],
@@ -408,7 +447,17 @@ def evaluate(scores: dict[str, dict[str, np.ndarray]], val_set: list[ScenarioWin
     methods = {name: {k: score_split(ss, [by_tenant[s.tenant] for s in ss], thresholds[name])
                       for k, ss in parts.items() if ss}
                for name, by_tenant in scores.items()}
-    return {"methods": methods, "thresholds": thresholds}
+    # the on-call view (pipelines/backtest/fleet_scoring.py): false alarms per quiet hour,
+    # onsets warned between trigger and onset; its own threshold, also from validation only
+    fleet_thr = {name: threshold_for_quiet_budget(val_set, [by_tenant[s.tenant] for s in val_set], budget,
+                                                  trusted=tr(name, val_set))
+                 for name, by_tenant in scores.items()}
+    fleet = {name: {k: score_fleets(ss, [by_tenant[s.tenant] for s in ss], fleet_thr[name],
+                                    trusted=tr(name, ss))
+                    for k, ss in parts.items() if ss}
+             for name, by_tenant in scores.items()}
+    return {"methods": methods, "thresholds": thresholds,
+            "fleet": {"thresholds": fleet_thr, "methods": fleet}}
 
 
 def _json_default(o):
@@ -464,6 +513,19 @@ def headline(metrics: dict) -> str:
                          f"{f(op['f1'], 2):>7}{f(op['false_alarms_per_fleet_hour'], 1):>7}"
                          f"{op['onsets_warned']:>8}/{op['onsets']:<6}"
                          f"{f(op['lead_time_s']['median'], 0):>11} s")
+    fleet = metrics.get("fleet", {}).get("methods", {})
+    for split in ("test", "validation"):
+        rows = [(n, m[split]) for n, m in fleet.items() if split in m]
+        if rows:
+            lines.append(f"{split}, as on call (threshold at <= budget false alarms per quiet hour on "
+                         f"validation; pipelines/backtest/fleet_scoring.py)")
+            lines.append(f"  {'method':<24}{'quiet h':>8}{'FA/quiet h':>11}{'warned':>10}{'late':>6}"
+                         f"{'missed':>7}{'median lead':>13}")
+            for n, m in rows:
+                fa, lead = m["false_alarms_per_quiet_hour"], m["median_lead_s"]
+                lines.append(f"  {n:<24}{m['quiet_hours']:>8.2f}{'-' if fa is None else f'{fa:.2f}':>11}"
+                             f"{m['warned']:>5}/{m['onsets']:<4}{m['late']:>6}{m['missed']:>7}"
+                             f"{'-' if lead is None else f'{lead:.0f} s':>13}")
     b = metrics.get("bar", {})
     if b:
         def yn(ok):

@@ -69,6 +69,7 @@ class RunSummary:
     consensus: Counter = field(default_factory=Counter)  # committed / disputed verdicts
     files: int = 0
     elapsed_s: float = 0.0
+    verdicts: Counter = field(default_factory=Counter)  # written verdicts by status (pipelines.calibration)
 
     @property
     def dead_total(self) -> int:
@@ -89,16 +90,18 @@ class RunSummary:
                 "windows_dead_lettered": dict(sorted(self.window_dead.items())),
                 "graph": dict(sorted(self.graph.items())),
                 "consensus": dict(sorted(self.consensus.items())),
+                "verdicts": dict(sorted(self.verdicts.items())),
                 "elapsed_s": round(self.elapsed_s, 3),
                 "reconciles": self.reconciles}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunSummary:
-        """Back from ``summary.json`` (``reconciles`` is recomputed, not trusted)."""
+        """Back from ``summary.json`` (``reconciles`` is recomputed, not trusted; a summary
+        written before verdict statuses existed has none)."""
         return cls(d["mode"], d["out_dir"], d["read"], d["windowed"], Counter(d["dead_by_reason"]),
                    d["panes"], d["windows"], d["feature_rows"], d["predictions"],
                    Counter(d["windows_dead_lettered"]), Counter(d["graph"]), Counter(d["consensus"]),
-                   d["files"], d["elapsed_s"])
+                   d["files"], d["elapsed_s"], Counter(d.get("verdicts", {})))
 
 
 def _fill(summary: RunSummary, counts: Counter) -> RunSummary:
@@ -111,6 +114,7 @@ def _fill(summary: RunSummary, counts: Counter) -> RunSummary:
     summary.window_dead = _prefixed(counts, "window_dead.")
     summary.graph = _prefixed(counts, "graph.")
     summary.consensus = _prefixed(counts, "consensus.")
+    summary.verdicts = _prefixed(counts, "verdicts.")
     return summary
 
 
@@ -136,7 +140,7 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
             if consensus is not None:  # only committed verdicts (with their certificate) go on
                 preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id)
                 disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
-            preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir))
+            preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir, run_id))
     if graph is not None:  # predictions plus topology to Neo4j / the embedded Bolt server
         parts = {"snapshot": snaps, "topology": rows, "prediction": preds}
         {k: v for k, v in parts.items() if v is not None} | "Graph" >> GraphStage(

@@ -1,7 +1,9 @@
 """Beam wiring of the prediction stage: feature rows -> cascade probability per window.
 
-The tenant's recent feature vectors live in keyed state (streaming) or come from a sorted
-fold per tenant (batch); the predictor is loaded once per DoFn instance (``setup``).
+The tenant's recent feature vectors and calibration baseline (one ``TenantHistory``) live
+in keyed state (streaming) or come from a sorted fold per tenant (batch); the predictor is
+loaded once per DoFn instance (``setup``). Every row carries the verdict's ``status``
+(``pipelines.calibration``: ok, calibrating, out_of_distribution).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from apache_beam.transforms.userstate import BagStateSpec
 
 from pipelines.beam import counters
 from pipelines.beam.transforms import write_pane
-from pipelines.inference import PredictorSpec, history_step
+from pipelines.inference import PredictorSpec, TenantHistory, history_step
 from pipelines.topology.sequence import ms
 from schemas import FEATURES_SCHEMA_VERSION
 
@@ -33,6 +35,7 @@ PREDICTION_ROW = pa.schema([
     pa.field("feature_version", pa.int32(), nullable=False),
     pa.field("predictor", pa.string(), nullable=False),
     pa.field("certificate", pa.string(), nullable=True),  # consensus QC as JSON (null without consensus)
+    pa.field("status", pa.string(), nullable=False),  # ok | calibrating | out_of_distribution
 ])
 
 
@@ -49,7 +52,14 @@ class _Predicts(beam.DoFn):
         if predictor is not None:
             predictor.close()
 
-    def _row(self, wf, x, dt) -> dict:
+    def _step(self, state: TenantHistory | None, wf, vec) -> tuple[dict, TenantHistory]:
+        """The prediction row of one window pane and the tenant's updated state."""
+        info = self.predictor.info
+        x, dt, state, status = history_step(state, ms(wf.window_start), wf.window_end, vec, info.seq_len,
+                                            calibration=info.calibration)
+        return self._row(wf, x, dt, status), state
+
+    def _row(self, wf, x, dt, status: str) -> dict:
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
         counters.inc(self.run_id, "predictions")
         extra = {"inputs": (x, dt)} if self.keep_inputs else {}  # for the consensus validators
@@ -57,7 +67,7 @@ class _Predicts(beam.DoFn):
                 "window_end": ms(wf.window_end), "pane_index": wf.pane_index, "probability": p,
                 "horizon_s": self.predictor.info.horizon_s,
                 "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
-                "predictor": self.predictor.describe()}
+                "predictor": self.predictor.describe(), "status": status}
 
 
 class PredictStreaming(_Predicts):
@@ -65,32 +75,32 @@ class PredictStreaming(_Predicts):
 
     def process(self, element, history=beam.DoFn.StateParam(RECENT)):
         _, (wf, vec) = element
-        known = dict(history.read())
-        x, dt, known = history_step(known, ms(wf.window_start), wf.window_end, vec,
-                                    self.predictor.info.seq_len)
+        stored = list(history.read())  # one TenantHistory (none before the tenant's first window)
+        row, state = self._step(stored[-1] if stored else None, wf, vec)
         history.clear()
-        for item in known.items():
-            history.add(item)
-        yield self._row(wf, x, dt)
+        history.add(state)
+        yield row
 
 
 class PredictBatch(_Predicts):
     def process(self, element):
         _, rows = element
-        known: dict = {}
+        state: TenantHistory | None = None
         for wf, vec in sorted(rows, key=lambda r: (r[0].window_start, r[0].pane_index)):
-            x, dt, known = history_step(known, ms(wf.window_start), wf.window_end, vec,
-                                        self.predictor.info.seq_len)
-            yield self._row(wf, x, dt)
+            row, state = self._step(state, wf, vec)
+            yield row
 
 
 class WritePredictions(beam.DoFn):
-    """One Parquet file per (tenant, window, pane), like the snapshots."""
+    """One Parquet file per (tenant, window, pane), like the snapshots; counts the written
+    verdicts by status (``verdicts.<status>``) when given the run id."""
 
-    def __init__(self, out_dir: str):
-        self.out_dir = out_dir
+    def __init__(self, out_dir: str, run_id: str | None = None):
+        self.out_dir, self.run_id = out_dir, run_id
 
     def process(self, row: dict):
+        if self.run_id is not None:
+            counters.inc(self.run_id, f"verdicts.{row['status']}")
         if isinstance(row.get("certificate"), dict):
             row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)}
         write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],

@@ -214,7 +214,8 @@ def _ledgers(out_dir: str) -> list[dict]:
 
 def summarize(out_dir: str, files: list[str], elapsed_s: float = 0.0) -> RunSummary:
     """The run's counts from its outputs: read (non-blank input lines), windowed (each
-    record once, in its earliest window), dead letters by reason, windows, predictions."""
+    record once, in its earliest window), dead letters by reason, windows, predictions and
+    the written verdicts by status."""
     read = 0
     for p in files:
         with open(p, "rb") as fh:
@@ -230,6 +231,7 @@ def summarize(out_dir: str, files: list[str], elapsed_s: float = 0.0) -> RunSumm
     s.feature_rows = sum(x["feature_row"] for x in led)
     s.predictions = sum(x["prediction"] for x in led)
     s.window_dead = Counter(x["window_dead"] for x in led if x["window_dead"])
+    s.verdicts = Counter(x["status"] for x in led if x.get("status"))
     if any(x["committed"] or x["disputed"] for x in led):
         s.consensus = Counter(committed=sum(x["committed"] for x in led),
                               disputed=sum(x["disputed"] for x in led))

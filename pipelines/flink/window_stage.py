@@ -23,7 +23,7 @@ from pipelines.beam.predict import PREDICTION_ROW
 from pipelines.beam.transforms import write_pane
 from pipelines.flink.assemble import fresh_count, window_snapshot
 from pipelines.graph.sink import GraphSink, GraphSpec
-from pipelines.inference import PredictorSpec, history_step
+from pipelines.inference import PredictorSpec, TenantHistory, history_step
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.rows import feature_table, non_finite
 from pipelines.topology.sequence import ms, next_row
@@ -49,10 +49,11 @@ class StageSpec:
 
 @dataclass
 class TenantState:
-    """The tenant's keyed state: recent window features and the prediction history."""
+    """The tenant's keyed state: recent window features and the prediction history (recent
+    feature vectors and the calibration baseline)."""
 
     recent: dict = field(default_factory=dict)
-    history: dict = field(default_factory=dict)
+    history: TenantHistory = field(default_factory=TenantHistory)
 
 
 def _atomic_json(path: str, obj: dict) -> None:
@@ -136,14 +137,16 @@ class WindowStage:
 
     def _predict(self, wf, vec: np.ndarray, state: TenantState, ledger: dict) -> None:
         info = self.predictor.info
-        x, dt, state.history = history_step(state.history, ms(wf.window_start), wf.window_end, vec,
-                                            info.seq_len)
+        if isinstance(state.history, dict):  # keyed state restored from before TenantHistory
+            state.history = TenantHistory(state.history)
+        x, dt, state.history, status = history_step(state.history, ms(wf.window_start), wf.window_end, vec,
+                                                    info.seq_len, calibration=info.calibration)
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
         ledger["prediction"] = True
         row = {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
                "pane_index": 0, "probability": p, "horizon_s": info.horizon_s,
                "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
-               "predictor": self.predictor.describe(), "certificate": None}
+               "predictor": self.predictor.describe(), "certificate": None, "status": status}
         if self.validators is not None:
             committed, disputed = self.validators.process([request({**row, INPUTS: (x, dt)},
                                                                    self.spec.consensus.bands)])
@@ -160,7 +163,7 @@ class WindowStage:
                      if row["certificate"] else None}
         write_pane(self.spec.out_dir, "predictions", wf.tenant, row["window_start"], 0,
                    pa.Table.from_pylist([table_row], schema=PREDICTION_ROW))
-        ledger["probability"] = p
+        ledger["probability"], ledger["status"] = p, status  # status: only for a written verdict
         if self.sink is not None:
             ledger["graph"]["prediction"] = self.sink.write_prediction(row)
 

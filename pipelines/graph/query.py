@@ -12,7 +12,8 @@ MATCH (p:Prediction)
 WHERE $tenant IS NULL OR p.tenant = $tenant
 WITH p.tenant AS tenant, max(p.window_start) AS latest
 MATCH (p:Prediction {tenant: tenant, window_start: latest})-[r:IMPLICATES]->(a:Agent)
-RETURN tenant, latest AS window_start, p.probability AS probability, a.id AS agent, r.rank AS rank,
+RETURN tenant, latest AS window_start, p.probability AS probability, coalesce(p.status, 'ok') AS status,
+       a.id AS agent, r.rank AS rank,
        r.score AS involvement, a.error_rate AS error_rate, a.latency_p99_ms AS latency_p99_ms
 ORDER BY probability DESC, tenant, rank
 LIMIT $limit
@@ -23,7 +24,7 @@ MATCH (w:Window {tenant: $tenant})
 OPTIONAL MATCH (p:Prediction)-[:FOR_WINDOW]->(w)
 RETURN w.start AS window_start, w.n_agents AS agents, w.n_edges AS edges, w.betti_0 AS betti_0,
        w.betti_1 AS betti_1, w.stability AS stability, w.signature AS signature,
-       p.probability AS probability
+       p.status AS status, p.probability AS probability
 ORDER BY window_start DESC
 LIMIT $limit
 """

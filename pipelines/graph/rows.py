@@ -20,6 +20,7 @@ from datetime import datetime
 
 import numpy as np
 
+from pipelines.calibration import OK
 from pipelines.topology.features import FeatureExtractor, WindowFeatures
 from pipelines.topology.filtrations import StressFiltration
 from pipelines.windowing import WindowSnapshot
@@ -167,12 +168,13 @@ def certificate_props(cert: dict | None) -> dict:
 
 def prediction_row(row: dict) -> dict:
     """A prediction row (``pipelines.beam.predict.PREDICTION_ROW``, plus an optional
-    ``certificate`` dict from the consensus stage) -> parameters of PREDICTION."""
+    ``certificate`` dict from the consensus stage) -> parameters of PREDICTION (a row
+    without ``status``, from before verdict statuses, is ``ok``)."""
     start, end = ms(row["window_start"]), ms(row["window_end"])
     key = window_key(row["tenant"], start)
     props = {"probability": float(row["probability"]), "horizon_s": float(row["horizon_s"]),
              "history_windows": int(row["history_windows"]),
              "feature_version": int(row["feature_version"]), "predictor": str(row["predictor"]),
-             **certificate_props(row.get("certificate"))}
+             "status": str(row.get("status") or OK), **certificate_props(row.get("certificate"))}
     return {"key": key, "window_key": key, "tenant": row["tenant"], "start": start, "end": end,
             "pane": int(row["pane_index"]), "props": props}

@@ -32,7 +32,12 @@ class ServiceAlerts:
                 c = CounterMetricFamily(f"aura_alerts_{name}", f"alert service: {name.replace('_', ' ')}")
                 c.add_metric([], value)
                 out.append(c)
-        return out
+        held = CounterMetricFamily("aura_alerts_held_back", "alert service: committed verdicts held back "
+                                   "(the model is unsure: opens, escalates and resolves nothing), by reason",
+                                   labels=["reason"])
+        for reason, n in sorted(self.service.held_back().items()):
+            held.add_metric([reason], n)
+        return [*out, held]
 
 
 def start_alerts(api: ApiConfig, run: RunConfig, log) -> ServiceAlerts:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pipelines.calibration import OK, STATUSES
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -60,10 +62,15 @@ def ledger_families(ledger: dict) -> list:
 
 
 def risk_family(verdicts: dict[str, dict | None]) -> list:
-    """The latest committed risk per tenant."""
+    """The latest committed risk per tenant, and its verdict status (one series per status,
+    1 for the latest verdict's: a risk whose status is not ok is not trusted)."""
     g = GaugeMetricFamily("aura_tenant_risk", "Probability of a cascade within the horizon (latest "
                           "committed verdict)", labels=["tenant"])
+    s = GaugeMetricFamily("aura_tenant_verdict_status", "Status of the latest committed verdict (1 for "
+                          "its status): ok, calibrating, out_of_distribution", labels=["tenant", "status"])
     for tenant, v in sorted(verdicts.items()):
         if v is not None:
             g.add_metric([tenant], v["probability"])
-    return [g]
+            for status in STATUSES:
+                s.add_metric([tenant, status], float(v.get("status", OK) == status))
+    return [g, s]

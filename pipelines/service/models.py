@@ -33,6 +33,12 @@ class Verdict(BaseModel):
     committed: bool = Field(description="certified by the validators' quorum")
     certificate: dict[str, Any] | None = Field(
         description="the quorum certificate (chain, view, signers ...)")
+    status: str = Field("ok", description="ok | calibrating (the tenant's baseline is not complete yet) | "
+                        "out_of_distribution (input far outside what the model was trained on); a verdict "
+                        "that is not ok is not trusted and opens no incident")
+    calibration: str = Field("complete", description="calibrating while the tenant's baseline of its first "
+                             "windows is incomplete, then complete")
+    note: str | None = Field(None, description="why this verdict is not trusted, in words (null when ok)")
 
 
 class WindowRow(BaseModel):
@@ -43,6 +49,8 @@ class WindowRow(BaseModel):
     agents: int
     probability: float | None
     committed: bool
+    status: str | None = Field(None, description="the verdict's status (ok | calibrating | "
+                               "out_of_distribution); null without a prediction")
     features: dict[str, float | None] | None
 
 

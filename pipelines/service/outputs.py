@@ -13,11 +13,30 @@ import os
 import pyarrow.parquet as pq
 
 from pipelines.alerts.outputs import PANE_FILE, TENANT_DIR
+from pipelines.calibration import CALIBRATING, OK, OUT_OF_DISTRIBUTION
 
 # feature columns a window listing shows (the whole vector stays in the features files)
 WINDOW_FEATURES = ("unhealthy_frac", "error_rate_p90", "latency_p99_log_p50", "requests_log",
                    "stress_h0_betti_t0.5", "stress_h1_betti_t0.5", "stress_h0_total_persistence",
                    "stress_wasserstein_h0")
+
+
+# what a verdict's status means, in plain words, for the reads (``ok`` needs none)
+STATUS_NOTES = {
+    CALIBRATING: "still calibrating: the tenant's baseline of its first windows is not complete, so this "
+                 "risk is not trusted yet and raises no alert",
+    OUT_OF_DISTRIBUTION: "out of distribution: this window's telemetry lies far outside what the model was "
+                         "trained on, so this risk is not trusted and raises no alert",
+}
+
+
+def status_view(status: str) -> dict:
+    """A verdict status as the tenant view shows it: ``calibration`` is ``calibrating`` while
+    the tenant's baseline is incomplete (its verdicts are still ``calibrating``), else
+    ``complete``; ``note`` says in words why a verdict that is not ``ok`` is not trusted."""
+    note = STATUS_NOTES.get(status, None if status == OK else f"status {status}: this risk is not trusted")
+    return {"status": status, "calibration": CALIBRATING if status == CALIBRATING else "complete",
+            "note": note}
 
 
 def latest_panes(out_dir: str, kind: str, tenant: str) -> dict[int, str]:
@@ -60,7 +79,8 @@ def prediction(path: str) -> dict:
     return {"window_start_ms": _ms(r["window_start"]), "window_end_ms": _ms(r["window_end"]),
             "pane": r["pane_index"], "probability": r["probability"], "horizon_s": r["horizon_s"],
             "history_windows": r["history_windows"], "feature_version": r["feature_version"],
-            "predictor": r["predictor"], "certificate": json.loads(cert) if cert else None}
+            "predictor": r["predictor"], "certificate": json.loads(cert) if cert else None,
+            "status": r.get("status") or OK}  # files from before verdict statuses: ok
 
 
 def latest_verdict(out_dir: str, tenant: str, committed_only: bool = True) -> dict | None:
@@ -86,13 +106,14 @@ def windows(out_dir: str, tenant: str, start_ms: int | None, end_ms: int | None,
         snap = pq.read_table(snaps[s], columns=cols).to_pylist()[0]
         row = {"window_start_ms": s, "window_end_ms": _ms(snap["window_end"]), "pane": snap["pane_index"],
                "records": snap["n_records"], "agents": len(snap["agents"]), "features": None,
-               "probability": None, "committed": False}
+               "probability": None, "committed": False, "status": None}
         if s in feats:
             f = pq.read_table(feats[s]).to_pylist()[0]
             row["features"] = {k: f.get(k) for k in WINDOW_FEATURES}
         if s in preds:
             p = prediction(preds[s])
             row["probability"], row["committed"] = p["probability"], p["certificate"] is not None
+            row["status"] = p["status"]
         out.append(row)
     return out
 

@@ -142,7 +142,7 @@ class Agent:
                     for c, urls in spec.downstream.items()}
         self.graph = self._build_graph()
         self.slow = Ramp()
-        self.error_prob = 0.0
+        self.errors = Ramp(0.0, 0.0)  # the fraction of requests failed on purpose
         self.counts = dict.fromkeys(("received", "rejected", "ok", "failed", "degraded", "injected",
                                      "attempts", "retries", "attempt_errors", "calls_failed"), 0)
         self.busy = 0
@@ -154,9 +154,12 @@ class Agent:
     def slow_factor(self) -> float:
         return self.slow.value(time.monotonic())
 
+    def error_prob(self) -> float:
+        return self.errors.value(time.monotonic())
+
     def control(self, body: dict) -> dict:
-        """Change runtime behaviour: ``slow_factor`` (reached over ``ramp_s`` seconds),
-        ``error_prob``; the settings now in force."""
+        """Change runtime behaviour: ``slow_factor`` and ``error_prob``, each reached over
+        ``ramp_s`` seconds from its current value; the targets now in force."""
         if not isinstance(body, dict):
             raise ValueError("expected a JSON object")
         unknown = set(body) - {"slow_factor", "ramp_s", "error_prob"}
@@ -171,14 +174,14 @@ class Agent:
             p = float(body["error_prob"])
             if not 0 <= p <= 1:
                 raise ValueError("error_prob must be in [0, 1]")
-            self.error_prob = p
-        return {"slow_factor": self.slow.target, "ramp_s": self.slow.ramp_s, "error_prob": self.error_prob}
+            self.errors.retarget(p, float(body.get("ramp_s", 0.0)), time.monotonic())
+        return {"slow_factor": self.slow.target, "ramp_s": self.slow.ramp_s, "error_prob": self.errors.target}
 
     def stats(self) -> dict:
         return {
             "agent": self.name, "replica": self.spec.replica, "pid": os.getpid(), **self.counts,
             "in_flight": self.busy, "queue_depth": self.queue.qsize() if self.queue else 0,
-            "slow_factor": round(self.slow_factor(), 4), "error_prob": self.error_prob,
+            "slow_factor": round(self.slow_factor(), 4), "error_prob": round(self.error_prob(), 4),
             "spans_ended": self.ends.ended, "spans_exported": self.exporter.exported,
             "spans_export_failed": self.exporter.failed, "cpu_s": round(time.process_time(), 3),
         }
@@ -190,7 +193,8 @@ class Agent:
                 return {"model_s": 0.0, "error": "dry"}
             seconds = self.cfg.service_time.sample(self.rng) * self.slow_factor()
             await asyncio.sleep(seconds)
-            if self.error_prob and self.rng.random() < self.error_prob:
+            p = self.error_prob()
+            if p and self.rng.random() < p:
                 self.counts["injected"] += 1
                 return {"model_s": seconds, "error": "injected"}
             return {"model_s": seconds, "error": None}

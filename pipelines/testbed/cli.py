@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 from pipelines.testbed.fleet import Fleet, FleetError
-from pipelines.testbed.spec import TOPOLOGIES, FleetSpec, RetryPolicy, ServiceTime, SpecError, Trigger
+from pipelines.testbed.spec import (
+    DISTRIBUTIONS,
+    ON_FAILURE,
+    TOPOLOGIES,
+    FleetSpec,
+    RetryPolicy,
+    ServiceTime,
+    SpecError,
+    Trigger,
+)
 
 
 def add_testbed_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +35,13 @@ def add_testbed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=1.0, help="client timeout per downstream attempt, s")
     p.add_argument("--max-attempts", type=int, default=3, help="attempts per downstream call (default 3)")
     p.add_argument("--service-ms", type=float, default=30.0, help="mean service time of the latency "
-                                                                   "model, lognormal (default 30 ms)")
+                                                                   "model (default 30 ms)")
+    p.add_argument("--service-dist", choices=DISTRIBUTIONS, default="lognormal",
+                   help="service-time distribution (default lognormal)")
+    p.add_argument("--backoff", type=float, default=0.05, help="retry backoff before the second attempt, "
+                                                               "s, doubling after (default 0.05)")
+    p.add_argument("--on-failure", choices=ON_FAILURE, default="fail",
+                   help="a failed downstream call fails the request or degrades it (default fail)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--rate", type=float, default=None, help="entry requests/s, Poisson (default 20)")
     p.add_argument("--trigger", action="append", default=[], metavar="KIND@SECONDS[:ARGS]",
@@ -57,8 +72,9 @@ def spec_from_args(a: argparse.Namespace) -> FleetSpec:
         return FleetSpec.from_dict({**d, **over})
     return FleetSpec.build(
         a.agents, a.topology, fanout=a.fanout, workers=a.workers, queue=a.queue, replicas=a.replicas,
-        timeout_s=a.timeout, retry=RetryPolicy(max_attempts=a.max_attempts),
-        service_time=ServiceTime(mean_s=a.service_ms / 1e3), onset_threshold=a.threshold,
+        timeout_s=a.timeout, retry=RetryPolicy(max_attempts=a.max_attempts, backoff_s=a.backoff),
+        service_time=ServiceTime(a.service_dist, a.service_ms / 1e3), on_failure=a.on_failure,
+        onset_threshold=a.threshold,
         onset_sustain_s=a.sustain, **over)
 
 
@@ -130,6 +146,56 @@ def testbed_main(a: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(table(summary, final, [ag.name for ag in spec.agents]))
     return 0
+
+
+def add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """The flags of ``aura corpus``."""
+    p.add_argument("--out", default="output/testbed-corpus", help="corpus directory (default "
+                                                                  "output/testbed-corpus); resumable")
+    p.add_argument("--split", default="calibration,evaluation",
+                   help="which splits to record (default both; calibration first)")
+    p.add_argument("--calibration-runs", type=int, default=None, help="runs in the calibration split "
+                                                                      "(default 12)")
+    p.add_argument("--evaluation-runs", type=int, default=None,
+                   help="runs in the evaluation split (default 16)")
+    p.add_argument("--jobs", type=int, default=2, help="fleets recorded at once (default 2)")
+    p.add_argument("--plan", action="store_true", help="print the plan and exit")
+    p.add_argument("--redo-disturbed", type=float, default=None, metavar="FRACTION",
+                   help="record again runs whose quiet lead failed more than FRACTION of entry requests "
+                        "(a machine too busy to keep the fleet healthy)")
+    p.add_argument("--pack", metavar="DIR", help="then write a copy small enough to ship to DIR "
+                                                 "(telemetry as zstd Parquet, no process logs)")
+
+
+def corpus_main(a: argparse.Namespace) -> int:
+    """Record (or complete) the testbed corpus; 0 when every planned run is recorded."""
+    from pipelines.testbed.corpus import DEFAULT_RUNS, SPLITS, pack_corpus, plan_corpus, record_corpus
+
+    splits = tuple(s.strip() for s in a.split.split(",") if s.strip())
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or a.jobs < 1:
+        print(f"aura corpus: --split must name {SPLITS}, --jobs >= 1 (got {bad or a.jobs})",
+              file=sys.stderr)
+        return 2
+    given = {"calibration": a.calibration_runs, "evaluation": a.evaluation_runs}
+    runs = {k: DEFAULT_RUNS[k] if v is None else v for k, v in given.items()}
+    plan = plan_corpus(runs)
+    if a.plan:
+        for r in plan.runs:
+            print(f"{r.split:<12}{r.name:<24}{r.spec.topology:<9}{len(r.spec.agents):>3} agents "
+                  f"{r.spec.rate:>6g} req/s {r.duration_s:>5g} s  {[t.to_dict() for t in r.triggers]}")
+        return 0
+    manifest = {}
+    for split in SPLITS:  # calibration first: a model can be fitted while evaluation records
+        if split in splits:
+            manifest = record_corpus(a.out, plan, a.jobs, (split,), redo_disturbed=a.redo_disturbed)
+    missing = [r["name"] for r in manifest.get("runs", []) if r["split"] in splits and not r["recorded"]]
+    print(f"corpus {a.out}: {sum(r['recorded'] for r in manifest['runs'])} runs recorded"
+          + (f"; not recorded: {missing}" if missing else ""))
+    if a.pack and not missing:
+        packed = pack_corpus(a.out, a.pack)
+        print(f"packed into {a.pack}: {packed['files']} runs, {packed['bytes'] / 1e6:.1f} MB")
+    return 1 if missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:

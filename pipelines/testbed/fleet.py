@@ -442,9 +442,17 @@ class Fleet:
         if trig.kind == "kill":  # blocks the loop for a few ms (a signal, a fork, a reap)
             if undo:
                 return {"restarted_pids": self.restart(trig.agent)}
-            return {"killed_pids": self.kill(trig.agent, trig.count)}
-        body = ({"slow_factor": 1.0 if undo else trig.factor, "ramp_s": 0.0 if undo else trig.ramp_s}
-                if trig.kind == "slow" else {"error_prob": 0.0 if undo else trig.p})
+            if trig.ramp_s <= 0 or trig.count == 1:
+                return {"killed_pids": self.kill(trig.agent, trig.count)}
+            killed = []  # one replica at a time, spread over the ramp
+            for k in range(trig.count):
+                if k:
+                    await asyncio.sleep(trig.ramp_s / (trig.count - 1))
+                killed += self.kill(trig.agent, 1)
+            return {"killed_pids": killed}
+        ramp = 0.0 if undo else trig.ramp_s
+        body = ({"slow_factor": 1.0 if undo else trig.factor, "ramp_s": ramp}
+                if trig.kind == "slow" else {"error_prob": 0.0 if undo else trig.p, "ramp_s": ramp})
         answered = 0
         self._refresh()
         for r in self.replicas[trig.agent]:

@@ -291,8 +291,9 @@ class Trigger:
 
     - slow: ``agent``'s service time x ``factor``, ramped linearly over ``ramp_s``
     - surge: the load generator's rate x ``factor``, ramped over ``ramp_s``
-    - kill: SIGKILL ``count`` replicas of ``agent`` (restarted after ``for_s`` if given)
-    - fail: ``agent`` fails a fraction ``p`` of its requests (HTTP 500)
+    - kill: SIGKILL ``count`` replicas of ``agent`` (restarted after ``for_s`` if given),
+      one at a time spread over ``ramp_s`` when given
+    - fail: ``agent`` fails a fraction ``p`` of its requests (HTTP 500), ramped over ``ramp_s``
 
     With ``for_s`` the change is undone that many seconds after ``at_s``.
     """

@@ -1,4 +1,5 @@
-"""Reads per tenant: the latest committed verdict, windows, incidents and agents."""
+"""Reads per tenant: the latest committed verdict (with its status), windows, incidents and
+agents."""
 
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ def _when(text: str | None, name: str) -> int | None:
 
 @router.get("/risk", response_model=Verdict, responses=_404)
 async def risk(request: Request, tenant: str) -> Verdict:
-    """The tenant's latest committed verdict with its quorum certificate."""
+    """The tenant's latest committed verdict with its quorum certificate and status: whether
+    the tenant is still calibrating, or the verdict is out of distribution (not trusted)."""
     state = _state(request, tenant)
     v = await run_in_threadpool(outputs.latest_verdict, state.paths.run, tenant, state.run.consensus)
     if v is None:
         raise HTTPException(404, f"no committed verdict for tenant {tenant!r} yet")
     return Verdict(tenant=tenant, band=state.bands.band(v["probability"]),
-                   committed=v["certificate"] is not None, **v)
+                   committed=v["certificate"] is not None, **{**v, **outputs.status_view(v["status"])})
 
 
 @router.get("/windows", response_model=Windows, responses=_404)
