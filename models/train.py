@@ -38,6 +38,7 @@ class TrainConfig:
     absolute: tuple[str, ...] = ABSOLUTE  # ... plus these as they are
     floor_fraction: float = 0.1  # minimum baseline scale, as a fraction of the feature's spread
     recorded_weight: float = 10.0  # loss weight of a window from recorded fleets (``train(recorded=)``)
+    cascade_weight: float = 0.0  # > 0: windows inside cascades train too, as positives, this weight
 
 
 @dataclass
@@ -102,6 +103,11 @@ def train(cfg: TrainConfig, data: list[ScenarioWindows] | None = None, log=print
         x_tr, dt_tr = np.concatenate([x_tr, x_r]), np.concatenate([dt_tr, dt_r])
         y_tr = np.concatenate([y_tr, y_r])
         w_tr = np.concatenate([w_tr, np.full(n_rec, cfg.recorded_weight, dtype=np.float32)])
+    if cfg.cascade_weight > 0:  # the model should also know a fleet that is breaking now
+        x_c, dt_c, y_c, _ = build_sequences(pick(tr), cfg.seq_len, cfg.drop, cfg.seed, cal, "only")
+        x_tr, dt_tr = np.concatenate([x_tr, x_c]), np.concatenate([dt_tr, dt_c])
+        y_tr = np.concatenate([y_tr, y_c])
+        w_tr = np.concatenate([w_tr, np.full(len(y_c), cfg.cascade_weight, dtype=np.float32)])
     flat = x_tr[:, -1, :]
     squashed = np.arcsinh(flat)  # the model's own preprocessing (models/cfc.py)
     model = CascadeCfC(x_tr.shape[2], torch.from_numpy(squashed.mean(axis=0)),

@@ -4,6 +4,7 @@ alone and through ``history_step`` as both engines call it."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 from hypothesis import given, settings
@@ -182,5 +183,8 @@ def test_model_json_carries_the_calibration_and_the_committed_model_has_none(cal
     info = ModelInfo.load(calibrated_model_dir)
     assert info.calibration is not None and info.calibration.windows == WINDOWS
     assert info.calibration.absolute == ABSOLUTE and info.n_features == info.calibration.n_inputs
-    assert ModelInfo.load(DEFAULT_MODEL_DIR).calibration is None
+    committed = ModelInfo.load(DEFAULT_MODEL_DIR).calibration  # the committed model is calibrated ...
+    assert committed is not None and committed.windows == 6 and committed.n_inputs == 71
+    v1 = os.path.join(os.path.dirname(DEFAULT_MODEL_DIR), "cascade_cfc_v1")
+    assert ModelInfo.load(v1).calibration is None  # ... the session-5 model it replaced is not
 

@@ -17,7 +17,7 @@ from pipelines.backtest.recorded import tenant_windows
 from pipelines.beam import job
 from pipelines.calibration import CALIBRATING, OK
 from pipelines.cli import main
-from pipelines.inference import history_step
+from pipelines.inference import OnnxPredictor, PredictorSpec, history_step, score_tenant
 from pipelines.simulation.scenario import ScenarioConfig
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.rows import vectors
@@ -67,17 +67,22 @@ def test_a_baseline_window_maps_to_zero_and_a_flat_feature_to_its_floor(scenario
 
 
 def test_recorded_windows_equal_the_beam_jobs_features(tmp_path):
-    """The engine-free path over recorded files gives the batch job's feature rows."""
+    """The engine-free path over recorded files gives the batch job's feature rows, and
+    ``score_tenant`` its predictions (what bench_generalisation reports is what the job does)."""
     assert main(["simulate", "--out", str(tmp_path / "sim"), "--agents", "12", "--duration", "90",
                  "--tenants", "2", "--seed", "77", "--tenant", "rec"]) == 0
     files = sorted(glob.glob(str(tmp_path / "sim" / "*.ndjson")))
     got, counts = tenant_windows(files)
     assert counts["read"] == counts["windowed"] == 2 * 12 * 90 and not counts["dead"]
     out = str(tmp_path / "beam")
-    assert job.run_batch(files, WindowSpec(), out, FeatureExtractor()).reconciles
+    assert job.run_batch(files, WindowSpec(), out, FeatureExtractor(), PredictorSpec()).reconciles
     table = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{out}/features/*/*.parquet")])
     assert set(got) == set(table.column("tenant").to_pylist()) == {"rec-0", "rec-1"}
     vecs = vectors(table)
+    preds = pa.concat_tables([pq.read_table(p) for p in glob.glob(f"{out}/predictions/*/*.parquet")])
+    preds = preds.to_pylist()
+    predictor = OnnxPredictor()
+    predictor.load_model()
     for tenant, (starts, _, feats) in got.items():
         mine = {int(round(s * 1000)): f for s, f in zip(starts, feats)}
         theirs = {int(r["window_start"].timestamp() * 1000): vecs[i]
@@ -86,3 +91,8 @@ def test_recorded_windows_equal_the_beam_jobs_features(tmp_path):
         assert set(mine) == set(theirs) and len(mine) >= 9
         for k in mine:
             np.testing.assert_allclose(mine[k], theirs[k], rtol=1e-9, atol=1e-9)
+        p, statuses = score_tenant(predictor, starts, got[tenant][1], feats)
+        want = {int(r["window_start"].timestamp() * 1000): r for r in preds if r["tenant"] == tenant}
+        rows = [want[int(round(s * 1000))] for s in starts]
+        np.testing.assert_allclose(p, [r["probability"] for r in rows], rtol=1e-5, atol=1e-6)
+        assert statuses == [r["status"] for r in rows] and OK in statuses

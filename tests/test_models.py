@@ -131,9 +131,11 @@ def test_pipeline_predicts_every_window_the_same_in_batch_and_streaming(tmp_path
     assert [key(r) for r in pb] == [key(r) for r in ps]
     np.testing.assert_allclose([r["probability"] for r in pb], [r["probability"] for r in ps], atol=1e-6)
     assert all(0.0 <= r["probability"] <= 1.0 and r["horizon_s"] == 60.0 for r in pb)
-    # the committed model has no calibration: every verdict, even a tenant's first, is "ok"
-    assert {r["status"] for r in pb + ps} == {"ok"} and b.verdicts == s.verdicts == {"ok": b.predictions}
-    first = {}
+    # the committed model is calibrated: each tenant's first 6 windows are "calibrating", then "ok"
+    assert b.verdicts == s.verdicts and sum(b.verdicts.values()) == b.predictions
+    first, seen = {}, {}
     for r in pb:
         first.setdefault(r["tenant"], r)
+        n = seen[r["tenant"]] = seen.get(r["tenant"], 0) + 1
+        assert r["status"] == ("calibrating" if n <= 6 else "ok")
     assert all(r["history_windows"] == 1 for r in first.values())  # a tenant's first window
