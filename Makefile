@@ -69,6 +69,7 @@ bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_span_mapping.py
 	$(BIN)/python bench/bench_alert_latency.py
 	$(BIN)/python bench/bench_testbed.py
+	$(BIN)/python bench/bench_generalisation.py --models models/cascade_cfc_v1,models/cascade_cfc
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,11 +22,14 @@ TRITON_MODEL_DIR = os.path.join(ROOT, "triton_repo", "cascade_cfc", "1")
 
 
 def save_checkpoint(path: str, model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str,
-                    metrics: dict, calibration: dict | None = None) -> None:
-    """``calibration``: the model's per-tenant input calibration (``Calibration.to_dict``)."""
+                    metrics: dict, calibration: dict | None = None,
+                    feature_names: list[str] | None = None) -> None:
+    """``calibration``: the model's per-tenant input calibration (``Calibration.to_dict``);
+    ``feature_names``: the features it reads, when not all of the feature stage's."""
     torch.save({"state_dict": model.state_dict(), "n_features": int(model.mean.shape[-1]),
                 "hidden": model.hidden, "seq_len": seq_len, "horizon_s": horizon_s,
-                "data_hash": data_hash, "metrics": metrics, "calibration": calibration}, path)
+                "data_hash": data_hash, "metrics": metrics, "calibration": calibration,
+                "feature_names": feature_names}, path)
 
 
 def export_checkpoint(checkpoint: str, out_dir: str, triton_dir: str | None = None) -> tuple[str, str]:
@@ -37,7 +40,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, triton_dir: str | None = No
     model = CascadeCfC(n, torch.zeros(n), torch.ones(n), ck["hidden"])
     model.load_state_dict(ck["state_dict"])
     onnx_path, meta_path = write_artifact(model, ck["seq_len"], ck["horizon_s"], ck["data_hash"],
-                                          ck["metrics"], out_dir, ck.get("calibration"))
+                                          ck["metrics"], out_dir, ck.get("calibration"),
+                                          ck.get("feature_names"))
     if triton_dir:
         os.makedirs(triton_dir, exist_ok=True)
         shutil.copyfile(onnx_path, os.path.join(triton_dir, "model.onnx"))

@@ -34,7 +34,7 @@ def export_onnx(model: CascadeCfC, seq_len: int, path: str) -> None:
 
 
 def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, metrics: dict,
-             calibration: dict | None = None) -> dict:
+             calibration: dict | None = None, feature_names: list[str] | None = None) -> dict:
     """``model.json``; with ``calibration`` the model's inputs are calibrated per tenant
     (``pipelines.calibration``) from the raw feature vectors named in ``feature_names``."""
     return {
@@ -46,7 +46,7 @@ def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, 
         "output": {"name": OUTPUT, "shape": ["batch", 1],
                    "meaning": f"probability that a cascade starts within {horizon_s:g} s"},
         "feature_schema_version": FEATURES_SCHEMA_VERSION,
-        "feature_names": FeatureExtractor.names(),
+        "feature_names": list(feature_names or FeatureExtractor.names()),
         "normalisation": {"mean": model.mean.numpy().ravel().tolist(),
                           "inv_std": model.inv_std.numpy().ravel().tolist(),
                           "note": "(asinh(features) - mean) * inv_std, inside the graph: feed raw "
@@ -58,13 +58,15 @@ def metadata(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, 
 
 
 def write_artifact(model: CascadeCfC, seq_len: int, horizon_s: float, data_hash: str, metrics: dict,
-                   out_dir: str, calibration: dict | None = None) -> tuple[str, str]:
+                   out_dir: str, calibration: dict | None = None, feature_names: list[str] | None = None
+                   ) -> tuple[str, str]:
     """``model.onnx`` and ``model.json`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     onnx_path, meta_path = os.path.join(out_dir, "model.onnx"), os.path.join(out_dir, "model.json")
     export_onnx(model, seq_len, onnx_path)
     with open(meta_path, "w") as fh:
-        json.dump(metadata(model, seq_len, horizon_s, data_hash, metrics, calibration), fh, indent=2)
+        json.dump(metadata(model, seq_len, horizon_s, data_hash, metrics, calibration, feature_names), fh,
+                  indent=2)
         fh.write("\n")
     return onnx_path, meta_path
 

@@ -420,7 +420,21 @@ def train_model(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=DatasetConfig(seed=a.seed, n_scenarios=a.scenarios, horizon_s=a.horizon),
                       epochs=a.epochs, seed=a.seed, calibration_windows=a.calibration_windows,
                       recorded_weight=a.recorded_weight)
-    if a.corpus:
+    names = None
+    if a.no_topology:
+        if a.out is None:
+            raise ValueError("--no-topology trains an ablation: give --out (the committed model stays)")
+        from dataclasses import replace
+
+        from pipelines.backtest.baselines import NON_TOPOLOGY, columns
+        from pipelines.training_data import build_dataset
+
+        if a.corpus:
+            raise ValueError("--no-topology and --corpus do not go together")
+        cols, names = columns(NON_TOPOLOGY), list(NON_TOPOLOGY)
+        result = train(cfg, [replace(s, features=s.features[:, cols]) for s in build_dataset(cfg.data)],
+                       names=names)
+    elif a.corpus:
         from models.crossfit import operating_threshold
         from pipelines.backtest.ablation import to_training
         from pipelines.backtest.recorded import corpus_split
@@ -442,7 +456,7 @@ def train_model(a: argparse.Namespace) -> int:
     os.makedirs(out, exist_ok=True)
     save_checkpoint(os.path.join(out, "checkpoint.pt"), result.model, cfg.seq_len, cfg.data.horizon_s,
                     result.data_hash, result.metrics,
-                    result.calibration.to_dict() if result.calibration else None)
+                    result.calibration.to_dict() if result.calibration else None, names)
     export_checkpoint(os.path.join(out, "checkpoint.pt"), out, TRITON_MODEL_DIR if a.out is None else None)
     print(f"model, metadata and metrics in {out} ({write_metrics(result.metrics, out)})")
     return 0
@@ -705,6 +719,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and cross-fit the operating threshold on them")
     t.add_argument("--recorded-weight", type=float, default=10.0,
                    help="loss weight of a recorded window against a simulated one (default 10)")
+    t.add_argument("--no-topology", action="store_true",
+                   help="the ablation: the classic features only, no persistent homology (needs --out)")
     t.add_argument("--folds", type=int, default=3,
                    help="cross-fitting folds over the corpus runs (default 3)")
     t.add_argument("--budget", type=float, default=1.0,

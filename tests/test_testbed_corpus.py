@@ -7,6 +7,7 @@ the on-call scoring of alarms (quiet-time false alarms, warnings between trigger
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,28 @@ def test_corpus_command_plans_and_refuses_bad_flags(capsys):
     assert len(lines) == 5 and lines[0].startswith("calibration") and lines[-1].startswith("evaluation")
     assert main(["corpus", "--split", "training"]) == 2
     assert "--split must name" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "bench" / "corpus" / "testbed-v1"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped corpus is not in this checkout")
+def test_the_shipped_corpus_is_what_its_manifest_says():
+    """bench/corpus/testbed-v1 (`aura corpus --pack`): every planned run recorded, labels the
+    backtest accepts, telemetry that keeps the contract, and splits that share no seed and no
+    fleet configuration."""
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    runs = manifest["runs"]
+    assert all(r["recorded"] for r in runs)
+    by_split = {s: [r for r in runs if r["split"] == s] for s in ("calibration", "evaluation")}
+    assert len(by_split["calibration"]) >= 12 and len(by_split["evaluation"]) >= 16
+    assert not {r["seed"] for r in by_split["calibration"]} & {r["seed"] for r in by_split["evaluation"]}
+    assert not ({r["config_key"] for r in by_split["calibration"]}
+                & {r["config_key"] for r in by_split["evaluation"]})
+    docs = load_labels(str(SHIPPED / "labels.json"))
+    assert {d["tenant"] for d in docs} == {r["name"] for r in runs}
+    assert {d["tenant"]: d["split"] for d in docs} == {r["name"]: r["split"] for r in runs}
+    for r in runs:
+        parsed = parse_file(str(SHIPPED / r["split"] / f"{r['name']}.parquet"))
+        assert parsed.n_read > 0 and not parsed.dead
+        assert {x["tenant"] for x in parsed.records} == {r["name"]}
