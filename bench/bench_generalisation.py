@@ -17,7 +17,6 @@ bootstrap intervals over runs on evaluation. Verdicts whose status is not ``ok``
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -35,26 +34,16 @@ from pipelines.backtest.fleet_scoring import (  # noqa: E402
     summarise_fleet,
     threshold_for_quiet_budget,
 )
-from pipelines.backtest.recorded import scenario, tenant_windows  # noqa: E402
+from pipelines.backtest.recorded import corpus_split  # noqa: E402
 from pipelines.backtest.scoring import pr_auc  # noqa: E402
 from pipelines.inference import DEFAULT_MODEL_DIR, OnnxPredictor, score_tenant  # noqa: E402
 from pipelines.topology.features import FeatureExtractor  # noqa: E402
 
 
 def load_split(corpus: str, split: str) -> tuple[list, dict]:
-    """The split's runs as scored scenarios (plus per-run starts for the stream replay)."""
-    paths = sorted(glob.glob(os.path.join(corpus, split, "*.ndjson")) + glob.glob(os.path.join(corpus, split,
-                                                                                            "*.parquet")))
-    if not paths:
-        raise FileNotFoundError(f"no runs in {os.path.join(corpus, split)}; record them with `aura corpus`")
-    with open(os.path.join(corpus, split, "labels.json")) as fh:
-        docs = {d["tenant"]: d for d in json.load(fh)["scenarios"]}
-    windows, counts = tenant_windows(paths)
-    missing = sorted(set(windows) - set(docs))
-    if missing:
-        raise ValueError(f"{split}: telemetry without labels for {missing}")
-    scens = [scenario(docs[t], windows[t], 60.0) for t in sorted(windows)]
-    return scens, {"windows": windows, "docs": docs, "counts": counts}
+    """The split's runs as scored scenarios, and per tenant its windows for the stream replay."""
+    scens, windows = corpus_split(corpus, split)
+    return scens, {"windows": windows}
 
 
 def model_scorer(model_dir: str):

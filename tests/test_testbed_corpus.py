@@ -182,7 +182,6 @@ def test_corpus_command_plans_and_refuses_bad_flags(capsys):
 SHIPPED = Path(__file__).resolve().parents[1] / "bench" / "corpus" / "testbed-v1"
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped corpus is not in this checkout")
 def test_the_shipped_corpus_is_what_its_manifest_says():
     """bench/corpus/testbed-v1 (`aura corpus --pack`): every planned run recorded, labels the
     backtest accepts, telemetry that keeps the contract, and splits that share no seed and no
