@@ -8,3 +8,5 @@ CREATE CONSTRAINT aura_prediction_key IF NOT EXISTS FOR (p:Prediction) REQUIRE p
 CREATE INDEX aura_window_tenant IF NOT EXISTS FOR (w:Window) ON (w.tenant);
 CREATE INDEX aura_prediction_tenant IF NOT EXISTS FOR (p:Prediction) ON (p.tenant);
 CREATE INDEX aura_agent_tenant IF NOT EXISTS FOR (a:Agent) ON (a.tenant);
+CREATE CONSTRAINT aura_incident_id IF NOT EXISTS FOR (i:Incident) REQUIRE i.id IS UNIQUE;
+CREATE CONSTRAINT aura_action_id IF NOT EXISTS FOR (x:Action) REQUIRE x.id IS UNIQUE;

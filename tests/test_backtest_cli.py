@@ -206,3 +206,116 @@ def test_evaluation_in_several_runs_equals_one_run(tmp_path, monkeypatch):
     assert sorted(d["tenant"] for d in parts.labels) == sorted(d["tenant"] for d in one.labels)
     with pytest.raises(ValueError, match="in both runs"):
         parts.merge(one)
+
+
+# -- the operator chooses the split of recorded telemetry (issue 18, item 5) -------------------
+# shop33-0 .. shop33-5 all hash to validation under the fallback rule (a hash of the name)
+SIX = [f"shop33-{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def six_tenants(tmp_path_factory) -> str:
+    """Six small recorded fleets (40 agents: a fleet size training never saw), no split in
+    the labels."""
+    tele = str(tmp_path_factory.mktemp("six") / "telemetry")
+    assert main(["simulate", "--out", tele, "--agents", "40", "--duration", "120", "--tenants", "6",
+                 "--seed", "5200", "--format", "parquet", "--tenant", "shop33"]) == 0
+    return tele
+
+
+def test_backtest_refuses_a_one_sided_split_before_any_work(six_tenants, tmp_path, monkeypatch, capsys):
+    """Tenants that all land in validation stop the run before any windowing or feature
+    work, naming each tenant's split and the flags that choose it."""
+    from pipelines.backtest import run as bt
+
+    def no_work(*_a, **_k):
+        raise AssertionError("windowing/feature work started before the split was checked")
+
+    monkeypatch.setattr(bt, "fit_windows", no_work)
+    monkeypatch.setattr(bt, "_run", no_work)
+    capsys.readouterr()
+    assert main(["backtest", "--out", str(tmp_path / "bt"), "--input", six_tenants, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "hash of the tenant name" in err and "no test tenants" in err
+    assert all(f"{t} -> validation" in err for t in SIX)
+    assert "--validation-tenants" in err and "--test-tenants" in err
+    assert not os.path.exists(tmp_path / "bt" / "pipeline")
+
+
+def test_input_splits_flags_over_labels_over_hash():
+    """--validation-tenants/--test-tenants (names or globs) win over the labels' split, which
+    wins over the hash; a glob matching nothing, a tenant in both and an empty split are errors."""
+    from pipelines.backtest.run import input_splits
+
+    docs = [{"tenant": t, "split": "calibration" if t < "shop33-3" else "evaluation"} for t in SIX]
+    assert input_splits(docs) == {t: "validation" if t < "shop33-3" else "test" for t in SIX}
+    both = input_splits(docs, ("shop33-[01]",), ("shop33-2", "shop33-4"))
+    assert both == {"shop33-0": "validation", "shop33-1": "validation",
+                    "shop33-2": "test", "shop33-4": "test"}
+    assert input_splits(docs, ("shop33-5",)) == {t: "validation" if t == "shop33-5" else "test" for t in SIX}
+    assert input_splits(docs, (), ("*-0",)) == {t: "test" if t == "shop33-0" else "validation" for t in SIX}
+    with pytest.raises(ValueError, match=r"--test-tenants 'nope\*' matches no tenant"):
+        input_splits(docs, ("shop33-0",), ("nope*",))
+    with pytest.raises(ValueError, match=r"both --validation-tenants and --test-tenants: \['shop33-1'\]"):
+        input_splits(docs, ("shop33-[01]",), ("shop33-1",))
+    with pytest.raises(ValueError, match="no test tenants"):
+        input_splits(docs, ("shop33-*",))
+    with pytest.raises(ValueError, match="no validation tenants"):
+        input_splits([{"tenant": t, "split": "evaluation"} for t in SIX])
+    logged: list[str] = []
+    input_splits([{"tenant": f"t{i}"} for i in range(20)], log=logged.append)
+    assert "hash of the tenant name" in logged[0]
+
+
+def _windows(tenant: str, family: str):
+    import numpy as np
+
+    from pipelines.backtest.scoring import ScenarioWindows
+
+    ends = 1000.0 + 10.0 * np.arange(1, 61)
+    return ScenarioWindows(tenant, family, 40, "layered", ends, np.zeros((60, 3)), np.array([1300.0]),
+                           np.array([1400.0]), np.array([1250.0]), 600.0, 60.0)
+
+
+@pytest.mark.parametrize("families", [("out_of_distribution",), ("in_distribution",),
+                                      ("in_distribution", "out_of_distribution")])
+def test_only_the_splits_that_exist_are_reported(families):
+    """A family subset of the test split is reported only beside the other family: alone it
+    would be a copy of ``test``."""
+    import numpy as np
+
+    from pipelines.backtest.run import evaluate, headline
+
+    val = [_windows(f"v{i}", "in_distribution") for i in range(2)]
+    test = [_windows(f"t{i}", families[i % len(families)]) for i in range(4)]
+    rng = np.random.default_rng(0)
+    m = evaluate({"aura_cfc": {s.tenant: rng.uniform(size=60) for s in val + test}}, val, test, 1.0)
+    want = {"validation", "test"} | ({"test_in_distribution", "test_out_of_distribution"}
+                                     if len(families) == 2 else set())
+    assert set(m["methods"]["aura_cfc"]) == want == set(m["fleet"]["methods"]["aura_cfc"])
+    assert ("test_out_of_distribution" in headline(m)) == (len(families) == 2)
+
+
+def test_backtest_recorded_operator_chooses_the_split(six_tenants, out_dir, capsys):
+    """The flags choose validation and test (a tenant in neither is reported, not scored);
+    the test split is one family, so metrics.json, report.html and the headline show only
+    validation and test."""
+    capsys.readouterr()
+    rc = main(["backtest", "--out", out_dir, "--input", six_tenants, "--no-consensus",
+               "--validation-tenants", "shop33-[01]", "--test-tenants", "shop33-2,shop33-3,shop33-4", *QUICK])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "--validation-tenants/--test-tenants" in printed and "not scored: shop33-5" in printed
+    assert "test_out_of_distribution" not in printed and "test_in_distribution" not in printed
+    assert "test (3 scenarios, all out_of_distribution)" in printed
+    with open(os.path.join(out_dir, "metrics.json")) as fh:
+        m = json.load(fh)
+    assert m["run"]["splits"] == {"validation": SIX[:2], "test": SIX[2:5]}
+    assert m["run"]["unassigned_tenants"] == ["shop33-5"]
+    assert m["run"]["split_by"] == "--validation-tenants/--test-tenants"
+    for name in METHODS:
+        assert set(m["methods"][name]) == {"validation", "test"} == set(m["fleet"]["methods"][name])
+    with open(os.path.join(out_dir, "report.html")) as fh:
+        page = fh.read()
+    assert "test out of distribution" not in page and "test in distribution" not in page
+    assert "test (3 scenarios, all out_of_distribution)" in page

@@ -96,6 +96,16 @@ def _fmt(v, d=3) -> str:
     return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
 
+def family_note(metrics: dict, split: str) -> str:
+    """", all out_of_distribution" when the test split holds one family only (its family
+    tables are then left out as copies of it), else ""."""
+    run = metrics.get("run", {})
+    if split != "test" or split not in run.get("splits", {}):
+        return ""
+    fams = {run.get("families", {}).get(t, {}).get("family") for t in run["splits"][split]}
+    return f", all {fams.pop()}" if len(fams) == 1 and None not in fams else ""
+
+
 def metrics_table(metrics: dict, split: str) -> str:
     rows = []
     for name, m in metrics["methods"].items():
@@ -145,7 +155,9 @@ def write_report(path: str, metrics: dict, test: list[ScenarioWindows], scores: 
     for split in ("test", "test_in_distribution", "test_out_of_distribution", "validation"):
         n = metrics["methods"][AURA].get(split, {}).get("scenarios")
         if n:
-            parts.append(f"<h2>{split.replace('_', ' ')} ({n} scenarios)</h2>{metrics_table(metrics, split)}")
+            note = html.escape(family_note(metrics, split))
+            parts.append(f"<h2>{split.replace('_', ' ')} ({n} scenarios{note})</h2>"
+                         f"{metrics_table(metrics, split)}")
     parts.append("<p>Thresholds are chosen on the validation split and frozen: <i>operating</i> is the "
                  "lowest threshold with at most the budgeted false alarms per fleet-hour there. A false "
                  "alarm is a run of consecutive alarmed windows with no onset within the horizon; "

@@ -11,16 +11,18 @@ Splits (scenarios never shared between them):
   never saw (fleet size ``ood_agents``: out of distribution), reported apart and pooled.
 
 With ``input`` the validation and test windows come from recorded telemetry plus its labels
-file instead (tenants split by name into validation and test).
+file instead; the operator chooses which tenants go where (``input_splits``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,6 +31,7 @@ from pipelines.backtest import baselines as bl
 from pipelines.backtest.code_hash import code_hash
 from pipelines.backtest.fleet_scoring import score_fleets, threshold_for_quiet_budget
 from pipelines.backtest.labels import load_labels, reconcile
+from pipelines.backtest.report import family_note
 from pipelines.backtest.scoring import ScenarioWindows, score_split, threshold_for_budget, threshold_for_f1
 from pipelines.backtest.uncertainty import bootstrap_bar
 from pipelines.backtest.uncertainty import describe as describe_intervals
@@ -54,6 +57,8 @@ class BacktestConfig:
     out: str = "output/backtest"
     input: str | None = None  # a directory of NDJSON/Parquet telemetry (else: simulate)
     labels: str | None = None  # its labels file (default <input>/labels.json, then <input>/../labels.json)
+    validation_tenants: tuple[str, ...] = ()  # with input: tenant names or fnmatch globs
+    test_tenants: tuple[str, ...] = ()
     model_dir: str | None = None  # None: the committed models/cascade_cfc
     val_seeds: tuple[int, ...] = tuple(range(1000, 1024))
     test_seeds: tuple[int, ...] = tuple(range(2000, 2024))
@@ -73,6 +78,9 @@ class BacktestConfig:
     def validate(self) -> BacktestConfig:
         if self.input is None and not (self.val_seeds and (self.test_seeds or self.ood_seeds)):
             raise ValueError("give validation seeds and test seeds (or --input DIR)")
+        if self.input is None and (self.validation_tenants or self.test_tenants):
+            raise ValueError("--validation-tenants/--test-tenants choose among recorded tenants; "
+                             "give --input")
         if self.false_alarm_budget <= 0:
             raise ValueError("false_alarm_budget must be positive")
         if self.validators < 4 or (self.validators - 1) % 3:
@@ -276,21 +284,71 @@ def _input_sources(cfg: BacktestConfig) -> tuple[list[str], list[dict]]:
 SPLIT_NAMES = {"calibration": "validation", "validation": "validation", "evaluation": "test", "test": "test"}
 
 
-def input_splits(docs: list[dict]) -> dict[str, str]:
-    """Tenant -> "validation" | "test" for recorded telemetry: the labels' own ``split``
-    (``calibration``/``evaluation``, as the testbed corpus writes them) when every document
-    has one, else by a hash of the tenant name."""
+CHOOSE = ("choose with --validation-tenants and --test-tenants (comma-separated tenant names or "
+          "globs; given one, the other split is every other tenant), or a `split` "
+          "(calibration/evaluation) in every labels document")
+BY_FLAGS, BY_LABELS, BY_HASH = ("--validation-tenants/--test-tenants", "the labels' split field",
+                                "a hash of the tenant name (the fallback)")
+
+
+def split_rule(docs: list[dict], validation: tuple[str, ...] = (), test: tuple[str, ...] = ()) -> str:
+    """What decides the split of recorded tenants: the flags, else the labels' ``split``
+    when every document has one, else the hash of the name."""
+    if validation or test:
+        return BY_FLAGS
+    return BY_LABELS if docs and all("split" in d for d in docs) else BY_HASH
+
+
+def _matching(tenants: list[str], patterns: tuple[str, ...], flag: str) -> set[str]:
+    out: set[str] = set()
+    for p in patterns:
+        hit = {t for t in tenants if fnmatch.fnmatchcase(t, p)}
+        if not hit:
+            raise ValueError(f"{flag} {p!r} matches no tenant in the labels ({', '.join(tenants)})")
+        out |= hit
+    return out
+
+
+def input_splits(docs: list[dict], validation: tuple[str, ...] = (), test: tuple[str, ...] = (),
+                 log: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Tenant -> "validation" | "test" for recorded telemetry, checked before any work.
+
+    Precedence: ``validation``/``test`` (names or fnmatch globs; given one, the other split
+    is every other tenant; given both, a tenant in neither is not scored), else the labels'
+    own ``split`` (``calibration``/``evaluation``, as the testbed corpus writes them) when
+    every document has one, else a hash of the tenant name. Both splits must have tenants
+    (thresholds are frozen on validation); ``log`` gets the split and what decided it."""
     tenants = sorted(d["tenant"] for d in docs)
-    if docs and all("split" in d for d in docs):
+    rule = split_rule(docs, validation, test)
+    if rule == BY_FLAGS:
+        val = _matching(tenants, validation, "--validation-tenants")
+        tst = _matching(tenants, test, "--test-tenants")
+        if val & tst:
+            raise ValueError(f"tenants in both --validation-tenants and --test-tenants: {sorted(val & tst)}")
+        val = val if validation else set(tenants) - tst
+        tst = tst if test else set(tenants) - val
+        split_of = {**{t: "validation" for t in val}, **{t: "test" for t in tst}}
+    elif rule == BY_LABELS:
         bad = sorted({d["split"] for d in docs} - set(SPLIT_NAMES))
         if bad:
             raise ValueError(f"labels: unknown split {bad}; use one of {sorted(SPLIT_NAMES)}")
-        return {d["tenant"]: SPLIT_NAMES[d["split"]] for d in docs}
-    if any("split" in d for d in docs):
-        raise ValueError("labels: some scenarios name a split and some do not; name it for all or none")
-    val_tenants = {t for t in tenants if int(hashlib.sha256(t.encode()).hexdigest(), 16) % 2 == 0} \
-        if len(tenants) > 1 else set()
-    return {t: "validation" if t in val_tenants else "test" for t in tenants}
+        split_of = {d["tenant"]: SPLIT_NAMES[d["split"]] for d in docs}
+    elif any("split" in d for d in docs):
+        raise ValueError("labels: some scenarios name a split and some do not; name it for all or none, "
+                         "or choose with --validation-tenants and --test-tenants")
+    else:
+        split_of = {t: "validation" if int(hashlib.sha256(t.encode()).hexdigest(), 16) % 2 == 0 else "test"
+                    for t in tenants}
+    unscored = [t for t in tenants if t not in split_of]
+    empty = [k for k in ("validation", "test") if k not in split_of.values()]
+    if empty:
+        went = ", ".join(f"{t} -> {split_of.get(t, 'not scored')}" for t in tenants)
+        raise ValueError(f"the split by {rule} leaves no {' and no '.join(empty)} tenants ({went}); {CHOOSE}")
+    if log:
+        log(f"split by {rule}: validation {sorted(t for t, k in split_of.items() if k == 'validation')}, "
+            f"test {sorted(t for t, k in split_of.items() if k == 'test')}"
+            + (f"; not scored: {', '.join(unscored)} (in neither split)" if unscored else ""))
+    return split_of
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -307,14 +365,13 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     ds = training_dataset(train_cfg)
     spec, horizon = ds.window, float(meta["horizon_s"])
     extractor = FeatureExtractor()
-    os.makedirs(cfg.out, exist_ok=True)
 
     # the evaluation splits first: a bad labels file or seed list fails before any simulation
     train_seeds = {sc.seed for sc in ds.scenarios()}
     train_agents, train_graphs = set(ds.agents), set(ds.graphs)
     if cfg.input:
         sources, docs = _input_sources(cfg)
-        split_of = input_splits(docs)
+        split_of = input_splits(docs, cfg.validation_tenants, cfg.test_tenants, log)
     else:
         duration = cfg.duration_s or ds.duration_s
         clash = train_seeds & set(cfg.val_seeds + cfg.test_seeds + cfg.ood_seeds)
@@ -328,6 +385,7 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         tood = family_scenarios(cfg.ood_seeds, cfg.ood_agents, ds.graphs, ds.mechanisms, duration, "ood")
         sources = [*val, *tid, *tood]
         split_of = {sc.tenant: "validation" if sc in val else "test" for sc in sources}
+    os.makedirs(cfg.out, exist_ok=True)
 
     fit, fit_info = fit_windows(cfg, train_cfg, spec, extractor, log)
     fit_info["matches_model_training_data"] = fit_info["data_sha256"] == meta.get("training_data_sha256")
@@ -355,12 +413,12 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         log(f"not scored: {len(coverage['telemetry_without_labels'])} tenants with telemetry but no labels "
             f"{sorted(coverage['telemetry_without_labels'])}, {len(coverage['labels_without_telemetry'])} "
             f"labelled tenants without telemetry {coverage['labels_without_telemetry']}")
-    evald = assemble(res, docs, horizon, family_of)
+    evald = [s for s in assemble(res, docs, horizon, family_of) if s.tenant in split_of]
     val_set = [s for s in evald if split_of.get(s.tenant) == "validation"]
     test_set = [s for s in evald if split_of.get(s.tenant) == "test"]
     if not val_set or not test_set:
         raise ValueError(f"need labelled windows in both splits (validation {len(val_set)}, "
-                         f"test {len(test_set)})")
+                         f"test {len(test_set)} scenarios): a split's tenants have no telemetry")
 
     # methods
     from pipelines.backtest.ablation import train_without_topology
@@ -398,6 +456,8 @@ def run_backtest(cfg: BacktestConfig, log=print) -> dict:
         "fit_split": fit_info, "fit_train_scenarios": len(fit_train), "fit_validation_scenarios": len(va_idx),
         "ablation_model": abl_dir, "non_topology_features": bl.NON_TOPOLOGY,
         "splits": {k: [s.tenant for s in ss] for k, ss in (("validation", val_set), ("test", test_set))},
+        "split_by": split_rule(docs, cfg.validation_tenants, cfg.test_tenants) if cfg.input else "seeds",
+        "unassigned_tenants": sorted({d["tenant"] for d in docs} - set(split_of)),
         "tenants": coverage,
         "families": {s.tenant: {"family": s.family, "n_agents": s.n_agents, "graph": s.graph} for s in evald},
         "pipeline": {"events": res.read, "elapsed_s": round(res.elapsed_s, 2),
@@ -441,9 +501,10 @@ def evaluate(scores: dict[str, dict[str, np.ndarray]], val_set: list[ScenarioWin
         return [trusted[name][s.tenant] for s in ss] if name in trusted else None
 
     thresholds = {name: freeze_thresholds(val_set, by_tenant, budget) for name, by_tenant in scores.items()}
-    parts = {"validation": val_set, "test": test_set,
-             "test_in_distribution": [s for s in test_set if s.family == ID],
-             "test_out_of_distribution": [s for s in test_set if s.family == OOD]}
+    parts = {"validation": val_set, "test": test_set}
+    ids, oods = [s for s in test_set if s.family == ID], [s for s in test_set if s.family == OOD]
+    if ids and oods:  # one family alone is the test split itself: not reported twice
+        parts |= {"test_in_distribution": ids, "test_out_of_distribution": oods}
     methods = {name: {k: score_split(ss, [by_tenant[s.tenant] for s in ss], thresholds[name])
                       for k, ss in parts.items() if ss}
                for name, by_tenant in scores.items()}
@@ -503,7 +564,7 @@ def headline(metrics: dict) -> str:
         rows = [(n, m[split]) for n, m in metrics["methods"].items() if split in m]
         if not rows:
             continue
-        lines.append(f"{split} ({rows[0][1]['scenarios']} scenarios)")
+        lines.append(f"{split} ({rows[0][1]['scenarios']} scenarios{family_note(metrics, split)})")
         lines.append(f"  {'method':<24}{'PR-AUC':>8}{'prec':>7}{'recall':>8}{'F1':>7}{'FA/h':>7}"
                      f"{'onsets warned':>15}{'median lead':>13}")
         for n, m in rows:

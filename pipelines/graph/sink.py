@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STATEMENTS = {"agents": S.AGENTS, "calls": S.CALLS, "window_snapshot": S.WINDOW_SNAPSHOT,
               "window_topology": S.WINDOW_TOPOLOGY, "chain_prev": S.CHAIN_PREV,
               "chain_next": S.CHAIN_NEXT, "prediction": S.PREDICTION, "implicates": S.IMPLICATES}
+STATEMENTS.update(incident=S.INCIDENT, incident_actions=S.INCIDENT_ACTIONS)  # the incident workflow's
 SPILL_NAME = "graph-spill.ndjson"
 
 

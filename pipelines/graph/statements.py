@@ -119,3 +119,23 @@ MERGE (b:Agent {key: $dst}) ON CREATE SET b.tenant = $tenant, b.id = $dst_id
 MERGE (a)-[r:CALLS]->(b)
 SET r.weight = $weight, r.errors = $errors, r.latency_ms = $latency_ms, r.last_window = $window
 """
+
+# an incident of the workflow (pipelines/incidents/graph_rows.py): the latest values win
+INCIDENT = """
+UNWIND $rows AS row
+MERGE (i:Incident {id: row.id})
+SET i += row.props
+"""
+
+# its actions -> the agents they touched (the Agent key convention: tenant/agent_id)
+INCIDENT_ACTIONS = """
+UNWIND $rows AS row
+MATCH (i:Incident {id: row.incident})
+MERGE (x:Action {id: row.id})
+SET x += row.props
+MERGE (i)-[:TOOK]->(x)
+WITH x, row
+UNWIND row.agents AS agent
+MERGE (a:Agent {key: agent.key}) ON CREATE SET a.tenant = row.tenant, a.id = agent.id
+MERGE (x)-[:TOUCHED]->(a)
+"""

@@ -16,6 +16,16 @@ An episode is a cascade when the unhealthy agents outside the trigger's directly
 agents (its roots) stay at or above ``cascade_fraction`` of the fleet for
 ``min_cascade_s`` (onset = first tick of that run); otherwise the trigger fizzled. Labels
 come from the same telemetry the scenario emits.
+
+Interventions: ``act`` schedules an ``Action`` (``pipelines.simulation.actions``) between
+ticks, ``cancel`` rolls one back; the fleet obeys them from their start time, the same way
+for the same seed and actions. ``ledger`` accounts for the external requests per tick:
+offered (with the drift and the trigger's surge) = served ok + degraded + failed + shed,
+approximately: the ledger counts expected requests (rates x tick), not the Poisson draws,
+and takes the entry agents' failure probability after the tick as the share of external
+requests that fail after the clients' retries; requests the operator or a shed_load action
+turned away are shed; degraded are the entry agents' successful answers that some call on
+the way down took from a breaker's fallback (combined across calls like failures).
 """
 
 from __future__ import annotations
@@ -26,10 +36,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipelines.simulation.actions import Action, ActionBook
 from pipelines.simulation.fleet import Fleet, Physics, TickEffects, unhealthy
 from pipelines.simulation.graphs import build_graph
 
 MECHANISMS = ("retry_storm", "load_redistribution", "timeout_propagation")
+LEDGER = ("offered", "shed", "failed", "degraded")  # external requests per tick
 
 # One fleet, one physics for the whole timeline: clients retry, overloaded agents crash
 # (memory pressure) and are restarted by their orchestrator.
@@ -70,6 +82,7 @@ class ScenarioConfig:
     physics: Physics = SCENARIO_PHYSICS
     # applied to ``physics``, e.g. (("max_retries", 0),)
     physics_overrides: tuple[tuple[str, object], ...] = ()
+    max_episodes: int = 0  # 0: unlimited; N: no trigger after the N-th episode ends (quiet)
 
 
 @dataclass
@@ -127,6 +140,7 @@ class Scenario:
         physics = cfg.physics.with_(**dict(cfg.physics_overrides))
         self.fleet = Fleet(self.graph, cfg.n_agents, physics, self.rng)
         self.agents = agent_ids(cfg.n_agents)
+        self._agent_index = {a: i for i, a in enumerate(self.agents)}
         # static columns of every tick's telemetry table, built once
         self.agent_array = pa.array(self.agents, pa.string())
         self.tenant_array = pa.array([cfg.tenant] * cfg.n_agents, pa.string())
@@ -140,6 +154,60 @@ class Scenario:
         self.episodes: list[Episode] = []  # filled as the timeline runs
         self.labels: list[EpisodeLabel] = []
         self.unhealthy_counts = np.zeros(0, dtype=np.int64)
+        self.book = ActionBook()
+        self._ledger: dict[str, list[float]] = {k: [] for k in LEDGER}
+
+    # -- the fleet's layout and interventions ---------------------------------------------
+    def agent_index(self, agent_id: str) -> int:
+        """The index of an agent (KeyError if the fleet has no such agent)."""
+        return self._agent_index[agent_id]
+
+    def service_of(self, agent_id: str) -> int:
+        """The service an agent is a replica of (KeyError if the fleet has no such agent)."""
+        return int(self.fleet.service[self.agent_index(agent_id)])
+
+    def entry_services(self) -> tuple[int, ...]:
+        """The services that take external load."""
+        return tuple(int(s) for s in np.flatnonzero(self.graph.external > 0))
+
+    def agents_of(self, service: int) -> list[str]:
+        """The replicas of a service."""
+        return [self.agents[i] for i in np.flatnonzero(self.fleet.service == service)]
+
+    def service_links(self) -> list[tuple[int, int]]:
+        """The (caller service, callee service) pairs of the call graph, sorted."""
+        f = self.graph.fanout.tocoo()
+        return sorted(zip(f.row.tolist(), f.col.tolist()))
+
+    def act(self, action: Action) -> None:
+        """Schedule an action (before or between ticks); ValueError if it names services,
+        agents or links the fleet does not have, or reuses an id."""
+        n_services = self.graph.n_services
+        if any(not 0 <= s < n_services for s in action.services):
+            raise ValueError(f"no such service in {action.services} (the fleet has {n_services})")
+        if any(not 0 <= a < self.fleet.n for a in action.agents):
+            raise ValueError(f"no such agent in {action.agents} (the fleet has {self.fleet.n})")
+        missing = set(action.links) - set(self.service_links())
+        if missing:
+            raise ValueError(f"no calls on the links {sorted(missing)}")
+        self.book.add(action)
+
+    def cancel(self, action_id: str, at_s: float) -> None:
+        """Stop an action at ``at_s`` seconds since the start (KeyError if unknown)."""
+        self.book.cancel(action_id, at_s)
+
+    @property
+    def ledger(self) -> dict[str, np.ndarray]:
+        """External requests per tick so far: ``offered``, ``shed``, ``failed``, ``degraded``."""
+        return {k: np.asarray(v) for k, v in self._ledger.items()}
+
+    def _account(self, ep: Episode, t: float) -> None:
+        """Add the tick's external requests to the ledger (after the fleet's step)."""
+        dt = self.cfg.tick_s
+        offered = float((self.graph.external * self._load_mult(ep, t, 1.0)).sum())
+        let_in, failed, degraded = self.fleet.external_outcome()
+        for key, rate in zip(LEDGER, (offered, offered - let_in, failed, degraded)):
+            self._ledger[key].append(rate * dt)
 
     # -- planning ------------------------------------------------------------------------
     def _next_episode(self, start_s: float) -> Episode:
@@ -156,7 +224,7 @@ class Scenario:
     def _roots(self, mechanism: str) -> tuple[int, ...]:
         g, reps = self.graph, self.fleet.replicas
         if mechanism == "retry_storm":  # a traffic surge on every entry service
-            return tuple(int(s) for s in np.flatnonzero(g.external > 0))
+            return self.entry_services()
         if mechanism == "load_redistribution":  # replicas of the biggest service crash
             return (int(np.argmax(reps)),)
         # a slow dependency deep in the graph: the most depended-on service without callees
@@ -169,17 +237,22 @@ class Scenario:
         amp, period, phase = self._swing
         return float(1.0 + (amp * np.sin(2 * np.pi * t / period + phase)).sum())
 
+    def _load_mult(self, ep: Episode, t: float, shed: float) -> np.ndarray:
+        """External load multiplier per service: the drift, the operator's ``shed`` and the
+        trigger's surge."""
+        mult = np.full(self.graph.n_services, self.background_load(t) * shed)
+        if ep.mechanism == "retry_storm" and ep.trigger_s <= t < ep.trigger_end_s:
+            mult[list(ep.root_services)] *= 1.0 + (ep.magnitude - 1.0) * self._ramp(ep, t)
+        return mult
+
     def _effects(self, ep: Episode, t: float, shed: float) -> TickEffects:
-        s = self.graph.n_services
-        fx = TickEffects(np.full(s, self.background_load(t) * shed), np.zeros(s))
+        fx = TickEffects(self._load_mult(ep, t, shed), np.zeros(self.graph.n_services))
         if not (ep.trigger_s <= t < ep.trigger_end_s):
             return fx
         roots = list(ep.root_services)
-        if ep.mechanism == "retry_storm":
-            fx.load_mult[roots] *= 1.0 + (ep.magnitude - 1.0) * self._ramp(ep, t)
-        elif ep.mechanism == "timeout_propagation":
+        if ep.mechanism == "timeout_propagation":
             fx.extra_latency[roots] = ep.magnitude * self._ramp(ep, t)
-        else:  # load_redistribution: the doomed replicas crash one after another
+        elif ep.mechanism == "load_redistribution":  # the doomed replicas crash one after another
             doomed = self._doomed(ep)
             now = int(np.ceil(self._ramp(ep, t) * len(doomed)))
             before = int(np.ceil(self._ramp(ep, t - self.cfg.tick_s) * len(doomed)))
@@ -237,9 +310,12 @@ class Scenario:
     # -- running -------------------------------------------------------------------------
     def ticks(self) -> Iterator[tuple[float, dict[str, np.ndarray]]]:
         """Yield (epoch seconds, telemetry arrays) per tick; fills ``episodes`` as they
-        happen and ``labels`` at the end."""
+        happen, ``ledger`` per tick and ``labels`` at the end. Actions scheduled with
+        ``act`` between ticks apply from the next tick on."""
         cfg, fleet = self.cfg, self.fleet
         counts: list[int] = []
+        self._ledger = {k: [] for k in LEDGER}
+        last = False  # the episode running is the last one (``max_episodes``)
         n_ticks = int(round(cfg.duration_s / cfg.tick_s))
         ep = self._next_episode(0.0)
         self.episodes = [ep]
@@ -250,11 +326,13 @@ class Scenario:
             if t >= ep.trigger_end_s and not restarted:  # the trigger is over: replace the dead
                 fleet.restart(t, roots)
                 restarted = True
-            tel = fleet.step(t, self._effects(ep, t, shed), dt=cfg.tick_s)
+            controls = self.book.controls(t, fleet)
+            tel = fleet.step(t, self._effects(ep, t, shed), dt=cfg.tick_s, controls=controls)
+            self._account(ep, t)
             sick = unhealthy(tel["error_rate"], tel["latency_p99_ms"], fleet.physics.timeout)
             counts.append(int(sick.sum() - sick[roots].sum()))
             yield cfg.start_epoch_s + t, tel
-            if t < ep.trigger_end_s:
+            if t < ep.trigger_end_s or last:
                 continue
             # recovery: healthy at full load for recovery_s ends the episode
             bad = int((sick | ~tel["up"]).sum()) > 0.01 * cfg.n_agents
@@ -268,6 +346,9 @@ class Scenario:
             settled_for = settled_for + cfg.tick_s if shed >= 1.0 and not bad else 0.0
             if settled_for >= cfg.recovery_s:
                 ep.end_s = t + cfg.tick_s
+                last = 0 < cfg.max_episodes <= len(self.episodes)
+                if last:  # no more triggers: the fleet stays quiet
+                    continue
                 ep = self._next_episode(ep.end_s)
                 self.episodes.append(ep)
                 roots = self._root_mask(ep)
