@@ -385,6 +385,9 @@ def demo(a: argparse.Namespace) -> int:
              "latest committed risk": f"{verdict['probability']:.2f}" if verdict else "none",
              "service log": os.path.join(root, "api.log")}
     print(render_summary(summary, extra))
+    from pipelines.incidents.story import tell
+
+    print(tell(scenario_configs(sim_args)[0]))
     return 0 if summary.reconciles else 1
 
 

@@ -145,3 +145,16 @@ def test_cli_closed_loop_refuses_recorded_input(tmp_path, capsys):
     assert code == 2
     assert "simulated fleets" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_story_tells_the_cascade_with_and_without_action(tmp_path):
+    """The demo's closing story: the warning's lead, the targets, the actions, both arms."""
+    from pipelines.incidents.story import tell
+
+    text = tell(_cascading(), loop=CFG)
+    assert "without action the cascade began at +" in text
+    assert "The same stretch" in text and "with AURA acting" in text
+    assert "first warned" in text or "did not warn" in text
+    quiet = ScenarioConfig(n_agents=40, duration_s=200.0, seed=3, tenant="t", mechanisms=("retry_storm",),
+                           severities=(0.0,), quiet_s=(150.0, 160.0), max_episodes=1)
+    assert tell(quiet, loop=CFG).startswith("No cascade")

@@ -52,6 +52,11 @@ NAMES = FeatureExtractor.names()
 # (elevated, high) risk-band cuts to try: quantiles of an arm's scores on validation windows
 # that warn of nothing
 CUT_GRID = ((0.9, 0.97), (0.97, 0.99), (0.97, 0.995), (0.99, 0.995), (0.995, 0.999))
+# The playbook's pace in the backtest, chosen on the validation scenarios with the oracle arm
+# (the workflow's defaults - verify 3 windows, actions for 120 s - prevented 2 of 5 validation
+# cascades when told each onset; these 3 of 5, at less cost): patience before a rollback.
+LOOP_PLAYBOOK = (("verify_windows", 6), ("close_windows", 6), ("action_ttl_s", 300.0),
+                 ("breaker_ttl_s", 300.0))
 MAX_EXCESS_LOST = 0.005  # requests lost on cascade-free stretches beyond the no-action arm
 
 
@@ -77,6 +82,7 @@ class LoopConfig:
     seed: int = 7000
     jobs: int = 2
     progress: bool = True
+    plan_out: str | None = None  # write the AURA arm's frozen cuts here (the demo's story reads them)
 
     def validate(self) -> LoopConfig:
         if self.val_scenarios < 1 or self.test_scenarios < 1:
@@ -125,6 +131,7 @@ class ArmRun:
     status: list[str]
     features: np.ndarray  # (W, F)
     actions: list[dict] = field(default_factory=list)  # kind, start_s, id, rollback_of, targets
+    episodes: list[dict] = field(default_factory=list)  # every episode's label (seconds since start)
 
     def windows(self, horizon_s: float = 60.0) -> ScenarioWindows:
         onsets = np.array([self.onset_s] if self.cascade else [])
@@ -161,6 +168,7 @@ class ArmPlan:
     high: float = 0.5
     static_refs: tuple[float, float] = (1.0, 1.0)
     oracle_span: tuple[float, float] | None = None  # (from, to) seconds since start
+    playbook: tuple[tuple[str, float], ...] = LOOP_PLAYBOOK  # Playbook parameters besides the cuts
 
 
 _WORKER: dict = {}
@@ -198,7 +206,8 @@ def run_arm(sc_cfg: ScenarioConfig, plan: ArmPlan, cfg: LoopConfig) -> ArmRun:
                           cfg.actuation_delay_s)
     workflow = None
     if plan.arm != NONE:
-        workflow = IncidentWorkflow(None, actuator, Playbook(elevated=plan.elevated, high=plan.high),
+        workflow = IncidentWorkflow(None, actuator, Playbook(elevated=plan.elevated, high=plan.high,
+                                                                  **dict(plan.playbook)),
                                     approve_above=cfg.approve_above, approver=lambda iv: True)
     pending: deque = deque()
     buf: list[pa.Table] = []
@@ -238,7 +247,14 @@ def run_arm(sc_cfg: ScenarioConfig, plan: ArmPlan, cfg: LoopConfig) -> ArmRun:
                   np.asarray(sc.unhealthy_counts), np.asarray(led["offered"]),
                   np.asarray(led["shed"]) + np.asarray(led["failed"]), np.asarray(ends), np.asarray(risks),
                   np.asarray(levels), statuses, np.asarray(feats).reshape(len(ends), len(NAMES)),
-                  actuator.log)
+                  actuator.log, [_relative(asdict(x), start) for x in sc.labels])
+
+
+def _relative(label: dict, start: float) -> dict:
+    """An episode label with its times as seconds since the scenario's start."""
+    times = ("trigger_time", "trigger_end", "onset", "end")
+    return {k: (v - start if k in times and v is not None else v) for k, v in label.items()
+            if k != "root_agents"}
 
 
 def _arm_verdict(plan: ArmPlan, v, level: float, rel_end: float) -> tuple[float, dict | str | None, str]:
@@ -491,6 +507,11 @@ def run_closed_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict
     metrics = {"config": {k: v for k, v in asdict(cfg).items() if k != "out"}, "fitted_on_validation": fitted,
                "test": summarise(runs), "intervals": bootstrap(runs)}
     metrics["bar"] = check_bar(metrics)
+    if cfg.plan_out:
+        with open(cfg.plan_out, "w") as f:
+            json.dump({"elevated": plans[AURA].elevated, "high": plans[AURA].high,
+                       "fitted": f"{cfg.val_scenarios} validation scenarios, seed {cfg.seed}, cut quantiles "
+                                 f"{fitted[AURA]['quantiles']}"}, f, indent=2)
     with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2, default=_json_default)
     write_report(os.path.join(cfg.out, "report.html"), runs, metrics)
