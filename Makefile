@@ -71,7 +71,7 @@ bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_testbed.py
 	$(BIN)/python bench/bench_generalisation.py --models models/cascade_cfc_v1,models/cascade_cfc
 	$(BIN)/python bench/bench_localisation.py --seeds 0-47 --agents 60,100,150
-	$(BIN)/python bench/bench_closed_loop.py --val 12 --test 24
+	$(BIN)/python bench/bench_closed_loop.py --val 36 --test 48
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,8 +24,8 @@ from pipelines.inference import DEFAULT_MODEL_DIR
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--val", type=int, default=12)
-    ap.add_argument("--test", type=int, default=24)
+    ap.add_argument("--val", type=int, default=36)
+    ap.add_argument("--test", type=int, default=48)
     ap.add_argument("--out", default="output/bench-closed-loop")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--save-plan", action="store_true")

@@ -636,8 +636,8 @@ def add_backtest_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--closed-loop", dest="closed_loop", action="store_true",
                    help="run held-out scenarios with no action / static rules / AURA / an oracle driving the "
                         "incident workflow; cascades prevented and requests lost")
-    c.add_argument("--val-scenarios", dest="val_scenarios", type=int, help="validation scenarios (12)")
-    c.add_argument("--test-scenarios", dest="test_scenarios", type=int, help="test scenarios (24)")
+    c.add_argument("--val-scenarios", dest="val_scenarios", type=int, help="validation scenarios (36)")
+    c.add_argument("--test-scenarios", dest="test_scenarios", type=int, help="test scenarios (48)")
     c.add_argument("--agents", dest="loop_agents", type=_seeds, help="fleet sizes, cycled (60,100)")
     c.add_argument("--verdict-latency", dest="verdict_latency_s", type=float,
                    help="window close -> committed verdict, seconds (2.0; measured p99 1.66 s)")
@@ -698,6 +698,11 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alertmanager-url", dest="alertmanager_url", help="e.g. http://127.0.0.1:9093")
     p.add_argument("--alert-webhook-url", dest="alert_webhook_url")
     p.add_argument("--external-url", dest="external_url", help="how people reach this service (alert links)")
+    p.add_argument("--actuator", help="where the incident workflow's interventions go: dry-run[:PATH] "
+                   "(default dry-run:<data-dir>/run/interventions.ndjson), webhook:URL, or off (no workflow)")
+    p.add_argument("--approve-above", dest="approve_above", type=float,
+                   help="actions costing more than this share of requests wait for `aura incident approve` "
+                   "(default 0.2)")
     p.add_argument("--no-job", dest="start_job", action="store_false", default=None,
                    help="ingest only: the streaming job runs elsewhere on <data-dir>/landing")
     p.add_argument("--no-graph", dest="graph", action="store_false", default=None)
@@ -708,7 +713,7 @@ def load_service_config(a: argparse.Namespace):
     from pipelines.config import load_api_config, load_run_config
 
     keys = ("host", "port", "grpc_port", "data_dir", "default_tenant", "alertmanager_url",
-            "alert_webhook_url", "external_url", "start_job")
+            "alert_webhook_url", "external_url", "start_job", "actuator", "approve_above")
     api = load_api_config(a.config, **{k: getattr(a, k, None) for k in keys})
     if getattr(a, "no_grpc", False):
         api.grpc_port = None
@@ -809,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.incidents.store import add_incident_args
 
     add_incident_args(sub.add_parser("incident", help="the incident workflow's incidents (SQLite "
-                                     "checkpoints): list, show ID, replay ID --from STEP"))
+                                     "checkpoints): list, show ID, replay ID --from STEP, approve ID"))
     v = sub.add_parser("validate", help="Great Expectations checks on a telemetry batch")
     v.add_argument("input", help="file, directory or glob")
     v.add_argument("--tenants", type=_names, default=(), help="allowed tenants (comma-separated)")

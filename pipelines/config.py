@@ -182,6 +182,8 @@ class ApiConfig:
     external_url: str | None = None  # how people reach this service (links in alerts); None: host:port
     alert_resolve_windows: int = 3  # windows below the high band (fleet healthy) before an alert resolves
     alert_resend_s: float = 30.0  # active alerts are re-sent this often (Alertmanager resolves silent ones)
+    actuator: str | None = None  # workflow's: dry-run[:PATH] | webhook:URL | off; None: dry-run into run/
+    approve_above: float = 0.2  # the workflow's actions costing more (share of requests) wait for approval
     drain_timeout_s: float = 600.0  # on shutdown: time for the spool and the job to finish what was accepted
 
     def validate(self) -> ApiConfig:
@@ -197,6 +199,12 @@ class ApiConfig:
             raise ValueError("drain_timeout_s must be > 0")
         if self.alert_resolve_windows < 1 or self.alert_resend_s <= 0:
             raise ValueError("alert_resolve_windows must be >= 1 and alert_resend_s > 0")
+        kind, _, arg = (self.actuator or "dry-run").partition(":")
+        if kind not in ("off", "dry-run", "webhook") or (kind == "webhook" and not arg) \
+                or (kind == "off" and arg):
+            raise ValueError(f"actuator must be dry-run[:PATH], webhook:URL or off, got {self.actuator!r}")
+        if not 0 <= self.approve_above <= 1:
+            raise ValueError(f"approve_above must be in [0, 1], got {self.approve_above}")
         if not re.fullmatch(tenant_pattern(), self.default_tenant):
             raise ValueError(f"default_tenant {self.default_tenant!r} is not a valid tenant name")
         return self

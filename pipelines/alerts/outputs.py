@@ -22,7 +22,7 @@ from pipelines.calibration import OK
 from pipelines.graph.rows import implicated
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.filtrations import StressFiltration
-from pipelines.windowing import snapshots_from_table
+from pipelines.windowing import WindowSnapshot, snapshots_from_table
 
 PANE_FILE = re.compile(r"^window=(\d+)-pane=(\d+)\.parquet$")
 TENANT_DIR = "tenant="
@@ -109,14 +109,18 @@ def read_features(out_dir: str, tenant: str, window_start: int, pane: int) -> di
             if k in _FEATURES and isinstance(v, int | float) and math.isfinite(v)}
 
 
+def read_snapshot(out_dir: str, tenant: str, window_start: int, pane: int) -> WindowSnapshot | None:
+    """The window's snapshot (this pane's, else the latest earlier one), or None without one."""
+    path = _pane_or_latest(out_dir, "snapshots", tenant, window_start, pane)
+    snaps = snapshots_from_table(_read(path)) if path is not None else []
+    return snaps[0] if snaps else None
+
+
 def read_implicated(out_dir: str, tenant: str, window_start: int, pane: int, stress: StressFiltration,
                     top_k: int) -> tuple[tuple[str, float], ...]:
     """The window's most involved agents, from its snapshot (empty without one)."""
-    path = _pane_or_latest(out_dir, "snapshots", tenant, window_start, pane)
-    if path is None or top_k <= 0:
-        return ()
-    snaps = snapshots_from_table(_read(path))
-    return tuple(implicated(snaps[0], stress, top_k)) if snaps else ()
+    snap = read_snapshot(out_dir, tenant, window_start, pane) if top_k > 0 else None
+    return tuple(implicated(snap, stress, top_k)) if snap is not None else ()
 
 
 def read_verdict(out_dir: str, pf: PaneFile, stress: StressFiltration | None = None, top_k: int = 5,

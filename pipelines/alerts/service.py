@@ -18,7 +18,9 @@ the incident is open. Records go to ``<out>/incidents/tenant=<t>/<id>.json`` wit
 sent; on start the service reloads them, so a restart replaying the same files sends nothing
 twice. Failed deliveries are spilled to ``<out>/alerts/spill.ndjson`` and replayed
 (``pipelines.alerts.alertmanager.Delivery``). Unreadable prediction files are counted and
-dead-lettered to ``<out>/alerts/deadletter.ndjson`` with the reason.
+dead-lettered to ``<out>/alerts/deadletter.ndjson`` with the reason. With a ``feed``
+(``pipelines.alerts.workflow_feed``), each poll's verdicts then go on to the incident workflow,
+which acts on them (interventions through its actuator).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pipelines.alerts.alertmanager import (
     AlertmanagerSink,
@@ -45,6 +48,9 @@ from pipelines.alerts.outputs import PaneFile, has_features, read_verdict, scan
 from pipelines.alerts.policy import ACTIVE, WITHDRAWN, AlertEvent, AlertPolicy, Incident, Verdict
 from pipelines.alerts.tracker import HELD_BACK_REASONS, TenantTracker
 from pipelines.topology.filtrations import StressFiltration
+
+if TYPE_CHECKING:  # the workflow (LangGraph) is imported only when it is on
+    from pipelines.alerts.workflow_feed import WorkflowFeed
 
 log = logging.getLogger("aura.alerts")
 
@@ -74,7 +80,8 @@ class AlertService:
                  resend_interval_s: float = 60.0, ttl_s: float | None = None, horizon: int = 32,
                  feature_wait_s: float = 2.0, stress: StressFiltration | None = None,
                  spill_path: str | None = None, delivery: Delivery | None = None,
-                 clock: Callable[[], float] = time.time, latency_log_size: int = 10_000):
+                 clock: Callable[[], float] = time.time, latency_log_size: int = 10_000,
+                 feed: WorkflowFeed | None = None):
         if resend_interval_s <= 0 or poll_interval_s <= 0:
             raise ValueError("poll_interval_s and resend_interval_s must be > 0")
         self.out_dir, self.policy = out_dir, policy or AlertPolicy()
@@ -86,7 +93,7 @@ class AlertService:
                              f"else Alertmanager resolves firing alerts between re-sends")
         self.horizon, self.feature_wait_s = horizon, feature_wait_s
         self.stress = stress or StressFiltration()
-        self.clock = clock
+        self.clock, self.feed = clock, feed
         self.alerts_dir = os.path.join(out_dir, ALERTS_DIR)
         self.delivery = delivery or Delivery(
             sinks, spill_path or os.path.join(self.alerts_dir, "spill.ndjson"), refresh=self._refresh)
@@ -119,6 +126,8 @@ class AlertService:
             self._thread.join(timeout_s)
             self._thread = None
         self.delivery.close()
+        if self.feed is not None:
+            self.feed.close()
 
     @property
     def running(self) -> bool:
@@ -173,6 +182,8 @@ class AlertService:
             self.counts["alert_events"] += len(events)
             self._deliver(changed, cause, now)
             self._persist(set(live) | set(changed))
+            if self.feed is not None:  # after the alerts: a slow actuator must not delay them
+                self.feed.feed((pf, v) for pf, v, _ in ready)
             if now - self.last_resend >= self.resend_interval_s:
                 self.resend(now)
             self.counts["polls"] += 1
@@ -327,7 +338,13 @@ class AlertService:
         out["incidents_total"] = len(sent)
         out["files_waiting_features"] = self.waiting_features
         out["tenants"] = len(trackers)
+        if self.feed is not None:
+            out.update(self.feed.counters())
         return out
+
+    def interventions(self) -> dict[tuple[str, str], int]:
+        """Interventions issued by this process, by (kind, delivery status); {} without a workflow."""
+        return {} if self.feed is None else self.feed.interventions()
 
     def held_back(self) -> dict[str, int]:
         """Committed verdicts held back (status not ``ok``) by reason, every reason present."""
@@ -351,15 +368,22 @@ def build_service(out_dir: str, *, alertmanager_url: str | None = None, webhook_
                   external_url: str = "http://127.0.0.1:8000", risk_bands: str = "0.3,0.7",
                   resolve_windows: int = 3, poll_interval_s: float = 0.1, resend_interval_s: float = 60.0,
                   ttl_s: float | None = None, timeout_s: float = 2.0, latency_ref_ms: float = 50.0,
-                  timeout_ms: float = 1000.0, **policy: float) -> AlertService:
+                  timeout_ms: float = 1000.0, actuator: str = "off", approve_above: float = 0.2,
+                  model_dir: str | None = None, **policy: float) -> AlertService:
     """The service with the usual sinks, from configuration values (``risk_bands`` as in
     ``RunConfig``; ``latency_ref_ms``/``timeout_ms`` as the run's stress filtration, for the
-    implicated agents; other keywords are ``AlertPolicy`` fields)."""
+    implicated agents; ``actuator`` other than ``off`` runs the incident workflow
+    (``workflow_feed.build_feed``); other keywords are ``AlertPolicy`` fields)."""
     sinks: list = []
     if alertmanager_url:
         sinks.append(AlertmanagerSink(alertmanager_url, timeout_s))
     if webhook_url:
         sinks.append(WebhookSink(webhook_url, timeout_s))
     rules = AlertPolicy.from_risk_bands(risk_bands, resolve_windows=resolve_windows, **policy)
+    feed = None
+    if actuator != "off":
+        from pipelines.alerts.workflow_feed import build_feed
+
+        feed = build_feed(out_dir, actuator, approve_above, rules, model_dir)
     return AlertService(out_dir, rules, sinks, external_url, poll_interval_s, resend_interval_s, ttl_s,
-                        stress=StressFiltration(latency_ref_ms, timeout_ms))
+                        stress=StressFiltration(latency_ref_ms, timeout_ms), feed=feed)

@@ -51,12 +51,16 @@ ARMS = (NONE, STATIC, AURA, ORACLE)
 NAMES = FeatureExtractor.names()
 # (elevated, high) risk-band cuts to try: quantiles of an arm's scores on validation windows
 # that warn of nothing
-CUT_GRID = ((0.9, 0.97), (0.97, 0.99), (0.97, 0.995), (0.99, 0.995), (0.995, 0.999))
-# The playbook's pace in the backtest, chosen on the validation scenarios with the oracle arm
-# (the workflow's defaults - verify 3 windows, actions for 120 s - prevented 2 of 5 validation
-# cascades when told each onset; these 3 of 5, at less cost): patience before a rollback.
+CUT_GRID = ((0.9, 0.97), (0.95, 0.995), (0.97, 0.99), (0.97, 0.995), (0.99, 0.995), (0.995, 0.999))
+# playbook variants tried with each pair of cuts: retries allowed under a retry budget
+PLAYBOOK_GRID = ((("retry_cap", 0),), (("retry_cap", 1),))
+# The playbook's pace in the backtest, chosen on the validation scenarios with the oracle arm:
+# told each onset, the workflow's defaults (verify 3 windows, roll back what did not help,
+# actions for 120 s) prevented 2 of 5 validation cascades (12 scenarios); verifying 6 windows
+# with actions for 300 s 3 of 5; on 36 scenarios that pace prevented 12 of 19, and keeping
+# what did not help while escalating (rolled back at close) 16 of 19 at less cost.
 LOOP_PLAYBOOK = (("verify_windows", 6), ("close_windows", 6), ("action_ttl_s", 300.0),
-                 ("breaker_ttl_s", 300.0))
+                 ("breaker_ttl_s", 300.0), ("rollback_unhelpful", False))
 MAX_EXCESS_LOST = 0.005  # requests lost on cascade-free stretches beyond the no-action arm
 
 
@@ -66,8 +70,8 @@ class LoopConfig:
 
     out: str
     model_dir: str = DEFAULT_MODEL_DIR
-    val_scenarios: int = 12
-    test_scenarios: int = 24
+    val_scenarios: int = 36
+    test_scenarios: int = 48
     agents: tuple[int, ...] = (60, 100)
     graphs: tuple[str, ...] = ("layered", "scale_free")
     duration_s: float = 900.0
@@ -78,6 +82,7 @@ class LoopConfig:
     oracle_lead_s: float = 60.0
     approve_above: float = 0.2
     cut_quantiles: tuple[tuple[float, float], ...] = CUT_GRID
+    playbook_grid: tuple[tuple[tuple[str, float], ...], ...] = PLAYBOOK_GRID
     consensus: bool = True
     seed: int = 7000
     jobs: int = 2
@@ -91,6 +96,8 @@ class LoopConfig:
             raise ValueError("delays cannot be negative")
         if not self.cut_quantiles or any(not 0 < a <= b < 1 for a, b in self.cut_quantiles):
             raise ValueError("cut_quantiles: (elevated, high) pairs with 0 < elevated <= high < 1")
+        if not self.playbook_grid:
+            raise ValueError("playbook_grid: at least one playbook variant (may be empty: ())")
         return self
 
 
@@ -466,22 +473,26 @@ def fit_plans(cfg: LoopConfig, log: Callable[[str], None]) -> tuple[dict[str, Ar
     for arm, scores, masks in ((STATIC, static_scores, neg), (AURA, [r.risk for r in none],
                                                                  [n & t for n, t in zip(neg, trusted)])):
         best = None
-        for (el, hi), qs in zip(candidate_cuts(scores, masks, cfg.cut_quantiles), cfg.cut_quantiles):
-            plan = ArmPlan(arm, el, hi, refs)
-            runs = _run_many([(sc, plan) for sc in val], cfg, f"validation, {arm} {qs}")
+        cuts = list(zip(candidate_cuts(scores, masks, cfg.cut_quantiles), cfg.cut_quantiles))
+        for ((el, hi), qs), variant in ((c, v) for c in cuts for v in cfg.playbook_grid):
+            book = tuple({**dict(LOOP_PLAYBOOK), **dict(variant)}.items())
+            plan = ArmPlan(arm, el, hi, refs, playbook=book)
+            runs = _run_many([(sc, plan) for sc in val], cfg, f"validation, {arm} {qs} {dict(variant)}")
             s = summarise({NONE: none, arm: runs})
             obj = objective(s, arm)
             keep = ("prevented", "new_cascades", "lost_share_cascade_free", "excess_lost_share_cascade_free")
             fitted["grid"].append({"arm": arm, "quantiles": list(qs), "elevated": el, "high": hi,
-                                   "objective": obj, **{k: s[arm][k] for k in keep}})
-            log(f"  {arm} cuts at quantiles {qs}: {el:.3f}/{hi:.3f}, prevented {s[arm]['prevented']}"
-                f"/{s['cascades_without_action']} (+{s[arm]['new_cascades']} new), lost on cascade-free "
-                f"stretches {100 * s[arm]['lost_share_cascade_free']:.2f} % (no action "
+                                   "playbook": dict(variant), "objective": obj,
+                                   **{k: s[arm][k] for k in keep}})
+            log(f"  {arm} cuts at quantiles {qs}: {el:.3f}/{hi:.3f}, {dict(variant)}: prevented "
+                f"{s[arm]['prevented']}/{s['cascades_without_action']} (+{s[arm]['new_cascades']} new), "
+                f"lost on cascade-free stretches {100 * s[arm]['lost_share_cascade_free']:.2f} % (no action "
                 f"{100 * s[NONE]['lost_share_cascade_free']:.2f} %)")
             if best is None or obj > best[0]:
                 best = (obj, plan, qs)
         plans[arm] = best[1]
-        fitted[arm] = {"quantiles": list(best[2]), "elevated": best[1].elevated, "high": best[1].high}
+        fitted[arm] = {"quantiles": list(best[2]), "elevated": best[1].elevated, "high": best[1].high,
+                       "playbook": dict(best[1].playbook)}
     return plans, fitted
 
 
@@ -510,6 +521,7 @@ def run_closed_loop(cfg: LoopConfig, log: Callable[[str], None] = print) -> dict
     if cfg.plan_out:
         with open(cfg.plan_out, "w") as f:
             json.dump({"elevated": plans[AURA].elevated, "high": plans[AURA].high,
+                       "playbook": dict(plans[AURA].playbook),
                        "fitted": f"{cfg.val_scenarios} validation scenarios, seed {cfg.seed}, cut quantiles "
                                  f"{fitted[AURA]['quantiles']}"}, f, indent=2)
     with open(os.path.join(cfg.out, "metrics.json"), "w") as f:

@@ -65,6 +65,8 @@ class Playbook:
     verify_windows: int = 3  # windows an action has to help before it is rolled back
     close_windows: int = 3  # calm windows (below elevated, healthy) that close an incident
     top_k: int = 3
+    breaker_on: str = "rank"  # rank: the highest-ranked target with callers; stress: the most stressed one
+    rollback_unhelpful: bool = True  # False: keep what did not help while escalating (roll back at close)
 
     def __post_init__(self):
         if not 0.0 <= self.elevated <= self.high <= 1.0:
@@ -73,6 +75,8 @@ class Playbook:
             raise ValueError("need 0 < shed_fraction <= max_shed <= 1 and shed_step >= 0")
         if min(self.verify_windows, self.close_windows, self.top_k, self.scale_k) < 1 or self.retry_cap < 0:
             raise ValueError("verify_windows, close_windows, top_k, scale_k must be >= 1, retry_cap >= 0")
+        if self.breaker_on not in ("rank", "stress"):
+            raise ValueError(f"breaker_on is 'rank' or 'stress', got {self.breaker_on!r}")
 
     def band(self, probability: float) -> str:
         return HIGH if probability >= self.high else ELEVATED if probability >= self.elevated else LOW
@@ -110,18 +114,22 @@ class ActionSpec:
 class RankedTarget(Protocol):
     agent: str
     callers: tuple[str, ...]
+    stress: float
 
 
 def shed_magnitude(book: Playbook, steps: int) -> float:
     return round(min(book.shed_fraction + book.shed_step * max(steps, 0), book.max_shed), 9)
 
 
-def _breaker_links(top: Sequence[RankedTarget]) -> tuple[Link, ...]:
-    """Every caller -> callee link into the highest-ranked target that has callers."""
-    for t in top:
-        if t.callers:
-            return tuple(Link(c, t.agent) for c in t.callers)
-    return ()
+def _breaker_links(top: Sequence[RankedTarget], on: str = "rank") -> tuple[Link, ...]:
+    """Every caller -> callee link into the highest-ranked target that has callers (``on``
+    "rank"), or into the one under the most stress of its own (``on`` "stress": the slowed
+    dependency itself rather than a caller waiting on it)."""
+    called = [t for t in top if t.callers]
+    if not called:
+        return ()
+    t = max(called, key=lambda x: getattr(x, "stress", 0.0)) if on == "stress" else called[0]
+    return tuple(Link(c, t.agent) for c in t.callers)
 
 
 def decide(assessment: Assessment, targets: Sequence[RankedTarget], entries: Sequence[str],
@@ -146,7 +154,7 @@ def decide(assessment: Assessment, targets: Sequence[RankedTarget], entries: Seq
             if entries and shed_steps >= 0 else []
         plan = [retry] if a.loops else []
         if mechanism in (TIMEOUT_PROPAGATION, FAILING_DEPENDENCY):
-            links = _breaker_links(top)
+            links = _breaker_links(top, book.breaker_on)
             if links:
                 plan.append(ActionSpec(CIRCUIT_BREAKER, tuple(dict.fromkeys(x.callee for x in links)), 1.0,
                                        book.breaker_ttl_s, f"{why}: open breakers with fallback", links))

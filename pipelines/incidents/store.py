@@ -8,15 +8,19 @@ checkpointer. ``route`` in the values is the step the incident is at (or ``__end
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # langgraph is imported when a DB is opened, not with the command line
     from langgraph.checkpoint.base import BaseCheckpointSaver
 
-DEFAULT_DB = os.path.join("output", "run", "incidents.sqlite")
+DEFAULT_DB = os.path.join("output", "api", "run", "incidents.sqlite")  # where ``aura api`` keeps it
 SERDE_TYPES = [("pipelines.windowing", "WindowSnapshot")]  # the only non-plain value a state holds
 
 
@@ -31,6 +35,19 @@ def open_saver(path: str | None) -> BaseCheckpointSaver:
         return InMemorySaver(serde=serde)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return SqliteSaver(sqlite3.connect(path, check_same_thread=False), serde=serde)
+
+
+@contextlib.contextmanager
+def writer_lock(path: str) -> Iterator[None]:
+    """One writer of the DB at ``path`` at a time, across processes (the service's feed, an
+    approval, a replay): an exclusive ``flock`` on ``<path>.lock``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def thread_ids(saver: BaseCheckpointSaver) -> list[str]:
@@ -94,6 +111,12 @@ def add_incident_args(p: argparse.ArgumentParser) -> None:
     rp.add_argument("--from", dest="from_step", required=True,
                     help="assess | localise | decide | approve | act | verify | close")
     rp.add_argument("--actuator", default="dry-run", help="dry-run[:PATH] (default) or webhook:URL")
+    ap = sub.add_parser("approve", help="answer an incident waiting for approval; its actions follow")
+    ap.add_argument("id")
+    ap.add_argument("--reject", action="store_true", help="reject the waiting actions (the others go ahead)")
+    ap.add_argument("--by", default=None, help="who decided (default: $USER)")
+    ap.add_argument("--actuator", help="dry-run[:PATH] or webhook:URL (default: the one the service "
+                    "recorded in the DB, else dry-run to interventions.ndjson beside it)")
 
 
 def _table(rows: list[dict]) -> str:
@@ -107,7 +130,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def incident_main(a: argparse.Namespace) -> int:
-    """``aura incident list | show ID | replay ID --from STEP``."""
+    """``aura incident list | show ID | replay ID --from STEP | approve ID [--reject]``."""
     if not os.path.exists(a.db):
         raise FileNotFoundError(f"no checkpoint DB at {a.db}")
     saver = open_saver(a.db)
@@ -125,8 +148,24 @@ def incident_main(a: argparse.Namespace) -> int:
     v = values(saver, a.id)
     if not v:
         raise ValueError(f"no incident {a.id}")
-    wf = IncidentWorkflow(a.db, build_actuator(a.actuator), Playbook(**v["playbook"]),
-                          approve_above=v["approve_above"])
-    out = wf.replay(a.id, a.from_step)
-    print(json.dumps({"replayed_from": a.from_step, **out}, indent=1))
+    if a.incident_command == "approve":
+        from pipelines.alerts.workflow_feed import default_actuator, make_actuator, stored_actuator
+
+        out_dir = os.path.dirname(os.path.abspath(a.db))
+        actuator = make_actuator(a.actuator or stored_actuator(a.db) or default_actuator(out_dir), out_dir)[0]
+    else:
+        actuator = build_actuator(a.actuator)
+    with writer_lock(a.db):
+        wf = IncidentWorkflow(a.db, actuator, Playbook(**v["playbook"]), approve_above=v["approve_above"])
+        try:
+            if a.incident_command == "approve":
+                by = a.by or os.environ.get("USER") or "cli"
+                done = wf.approve(a.id, not a.reject, by)
+                out = {"incident": a.id, "approved": not a.reject, "by": by,
+                       "deliveries": [asdict(d) for d in done], "step": values(saver, a.id).get("route")}
+            else:
+                out = {"replayed_from": a.from_step, **wf.replay(a.id, a.from_step)}
+        finally:
+            actuator.close()
+    print(json.dumps(out, indent=1))
     return 0

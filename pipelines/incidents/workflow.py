@@ -305,7 +305,7 @@ class IncidentWorkflow:
                 why = f"fleet worse ({a.band}, {a.health}): escalate"
             else:
                 stale = [x for x in actions if x["status"] == ACTIVE and x["round"] == v["round"]
-                         and x["kind"] != ROLLBACK]
+                         and x["kind"] != ROLLBACK] if self.book.rollback_unhelpful else []
                 for x in stale:
                     self._deliver(s2, self._rollback(s2, x, "did not help"), actions, deliveries, s["round"])
                 why = f"no improvement in {v['windows']} window(s): rolled back {len(stale)}, escalate"
