@@ -383,12 +383,22 @@ def demo(a: argparse.Namespace) -> int:
              "fizzled triggers": ", ".join(f"{f['mechanism']} @ {when(f['trigger_time'])}"
                                            for f in fizzles) or "none",
              "latest committed risk": f"{verdict['probability']:.2f}" if verdict else "none",
+             "interventions (dry run)": _count_lines(os.path.join(run_dir, "interventions.ndjson")),
              "service log": os.path.join(root, "api.log")}
     print(render_summary(summary, extra))
     from pipelines.incidents.story import tell
 
     print(tell(scenario_configs(sim_args)[0]))
     return 0 if summary.reconciles else 1
+
+
+def _count_lines(path: str) -> str:
+    if not os.path.exists(path):
+        return "none"
+    with open(path, "rb") as fh:
+        n = sum(1 for _ in fh)
+    db = os.path.join(os.path.dirname(path), "incidents.sqlite")
+    return f"{n} in {path} (aura incident --db {db} list)"
 
 
 # -- validate ------------------------------------------------------------------------------

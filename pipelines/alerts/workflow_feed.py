@@ -59,18 +59,18 @@ def make_actuator(spec: str, out_dir: str) -> tuple[Actuator, str]:
 
 
 def playbook_for(model_dir: str | None, policy: AlertPolicy) -> tuple[Playbook, str]:
-    """The playbook with the cuts frozen beside the model (``playbook.json``), else the
-    service's risk bands (lowest cut elevated, top cut high); and where the cuts came from."""
-    from pipelines.incidents.story import PLAYBOOK_FILE, frozen_cuts  # the backtest's imports: lazily
+    """The playbook frozen beside the model (``playbook.json``: the closed loop's cuts and
+    variant), else the service's risk bands (lowest cut elevated, top cut high) with the
+    playbook's defaults; and where it came from."""
+    from pipelines.incidents.story import PLAYBOOK_FILE, frozen_playbook  # the backtest's imports: lazily
     from pipelines.inference import DEFAULT_MODEL_DIR
 
     model_dir = model_dir or DEFAULT_MODEL_DIR
     if os.path.exists(os.path.join(model_dir, PLAYBOOK_FILE)):
-        (elevated, high), source = frozen_cuts(model_dir)
-    else:
-        cuts = policy.bands.cuts
-        elevated, high, source = cuts[0], cuts[-1], f"the risk bands {','.join(f'{c:g}' for c in cuts)}"
-    return Playbook(elevated, high), source
+        params, source = frozen_playbook(model_dir)
+        return Playbook(**params), source
+    cuts = policy.bands.cuts
+    return Playbook(cuts[0], cuts[-1]), f"the risk bands {','.join(f'{c:g}' for c in cuts)}"
 
 
 class CountingActuator(Actuator):

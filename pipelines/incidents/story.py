@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipelines.backtest.closed_loop import AURA, NONE, ArmPlan, ArmRun, LoopConfig, run_arm
+from pipelines.backtest.closed_loop import AURA, LOOP_PLAYBOOK, NONE, ArmPlan, ArmRun, LoopConfig, run_arm
 from pipelines.inference import DEFAULT_MODEL_DIR
 from pipelines.simulation.scenario import ScenarioConfig
 
@@ -22,15 +22,26 @@ PLAYBOOK_FILE = "playbook.json"
 DEFAULT_CUTS = (0.5, 0.8)
 
 
-def frozen_cuts(model_dir: str = DEFAULT_MODEL_DIR) -> tuple[tuple[float, float], str]:
-    """(elevated, high) cuts for the AURA arm and where they came from."""
+def frozen_playbook(model_dir: str = DEFAULT_MODEL_DIR) -> tuple[dict, str]:
+    """The ``Playbook`` parameters frozen beside the model (the risk-band cuts and the
+    playbook variant the closed loop chose on validation, over the loop's pace), and where
+    they came from."""
     path = os.path.join(model_dir, PLAYBOOK_FILE)
+    params = dict(LOOP_PLAYBOOK)
     if not os.path.exists(path):
-        return DEFAULT_CUTS, "defaults (no playbook.json beside the model)"
+        return {**params, "elevated": DEFAULT_CUTS[0], "high": DEFAULT_CUTS[1]}, \
+            "defaults (no playbook.json beside the model)"
     with open(path) as f:
         doc = json.load(f)
-    cuts = (float(doc["elevated"]), float(doc["high"]))
-    return cuts, f"{path} (fitted on validation: {doc.get('fitted', '?')})"
+    params.update(doc.get("playbook", {}))
+    params.update(elevated=float(doc["elevated"]), high=float(doc["high"]))
+    return params, f"{path} (fitted on validation: {doc.get('fitted', '?')})"
+
+
+def frozen_cuts(model_dir: str = DEFAULT_MODEL_DIR) -> tuple[tuple[float, float], str]:
+    """(elevated, high) cuts for the AURA arm and where they came from."""
+    params, source = frozen_playbook(model_dir)
+    return (params["elevated"], params["high"]), source
 
 
 def _stretch(run: ArmRun, lo: float, hi: float) -> tuple[int, float]:
@@ -58,13 +69,14 @@ def _describe(a: dict) -> str:
 def tell(sc: ScenarioConfig, model_dir: str = DEFAULT_MODEL_DIR, loop: LoopConfig | None = None) -> str:
     """The story of the first cascade of ``sc`` without action, and of the same stretch with
     AURA acting. A scenario without a cascade gets a one-line story."""
-    cuts, source = frozen_cuts(model_dir)
+    params, source = frozen_playbook(model_dir)
+    cuts = (params.pop("elevated"), params.pop("high"))
     loop = replace(loop or LoopConfig(out=""), model_dir=model_dir)
     none = run_arm(sc, ArmPlan(NONE), loop)
     ep = next((e for e in none.episodes if e["cascade"]), None)
     if ep is None:
         return "No cascade in this scenario without action: nothing to prevent."
-    aura = run_arm(sc, ArmPlan(AURA, *cuts), loop)
+    aura = run_arm(sc, ArmPlan(AURA, *cuts, playbook=tuple(params.items())), loop)
     lo, hi = ep["trigger_time"], ep["end"] + 60.0
     lines = [f"What happened to the cascade (the scenario run again from its seed, with and without AURA "
              f"acting; risk bands from {source}):",
@@ -82,6 +94,8 @@ def tell(sc: ScenarioConfig, model_dir: str = DEFAULT_MODEL_DIR, loop: LoopConfi
     acts = [a for a in aura.actions if lo <= a["start_s"] <= hi]
     pointed = []
     for a in acts:
+        if a["kind"] in ("shed_load", "rollback"):  # entry agents and earlier actions, not the ranking
+            continue
         for t in a["targets"]:
             if t not in pointed:
                 pointed.append(t)
