@@ -3,6 +3,7 @@ verify (rollback, escalation), kill-and-resume on SQLite, the CLI, graph rows.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -99,6 +100,20 @@ def test_elevated_risk_gives_only_a_retry_budget_and_closes_after_calm_windows()
     steps = [e["step"] for e in wf.show(rec["id"])["incident"]["timeline"]]
     assert steps[:5] == ["open", "assess", "localise", "decide", "act"] and steps[-1] == "close"
     assert wf.actuator.issued[-1].rollback_of == iv.id
+
+
+def test_a_warning_must_persist_open_windows_before_an_incident_opens():
+    """open_windows 2: a lone elevated window (a spike) opens nothing; two in a row do, and
+    a calibrating window between them does not count as one."""
+    wf = workflow(book=dataclasses.replace(BOOK, open_windows=2))
+    kinds = run(wf, [*warm(), obs(4, 0.5, MECH["retry_storm"]), obs(5, 0.1),
+                     obs(6, 0.5, MECH["retry_storm"]), obs(7, 0.5, status="calibrating"),
+                     obs(8, 0.5, MECH["retry_storm"])])
+    assert kinds == [[], [], [], [], [], [], [], [], ["retry_budget"]]
+    [rec] = wf.incidents()
+    assert rec["id"] == f"inc-acme-{T0 + 8 * W}"
+    with pytest.raises(ValueError, match="open_windows"):
+        dataclasses.replace(BOOK, open_windows=0)
 
 
 def test_elevated_with_agents_lost_also_reroutes():

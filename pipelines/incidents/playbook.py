@@ -67,6 +67,7 @@ class Playbook:
     top_k: int = 3
     breaker_on: str = "rank"  # rank: the highest-ranked target with callers; stress: the most stressed one
     rollback_unhelpful: bool = True  # False: keep what did not help while escalating (roll back at close)
+    open_windows: int = 1  # consecutive committed windows at or above elevated that open an incident
 
     def __post_init__(self):
         if not 0.0 <= self.elevated <= self.high <= 1.0:
@@ -75,6 +76,8 @@ class Playbook:
             raise ValueError("need 0 < shed_fraction <= max_shed <= 1 and shed_step >= 0")
         if min(self.verify_windows, self.close_windows, self.top_k, self.scale_k) < 1 or self.retry_cap < 0:
             raise ValueError("verify_windows, close_windows, top_k, scale_k must be >= 1, retry_cap >= 0")
+        if not 1 <= self.open_windows <= 3:
+            raise ValueError(f"open_windows must be 1-3, got {self.open_windows}")
         if self.breaker_on not in ("rank", "stress"):
             raise ValueError(f"breaker_on is 'rank' or 'stress', got {self.breaker_on!r}")
 

@@ -376,7 +376,7 @@ class IncidentWorkflow:
         out: list[Delivery] = []
         if inc is not None:
             out = self._run(inc, {"window": doc, "snapshot": _lean(obs.snapshot)})
-        elif obs.acts and obs.probability >= self.book.elevated:
+        elif obs.acts and obs.probability >= self.book.elevated and self._persists(t):
             iid = incident_id(obs.tenant, obs.window_start)
             out = self._run(iid, self._opening(iid, doc, obs, t), start=True)
         if obs.acts:
@@ -385,6 +385,13 @@ class IncidentWorkflow:
                 t.baseline = t.baseline.update(obs.features)
             t.history.append(float(obs.probability))
         return out
+
+    def _persists(self, t: _Tenant) -> bool:
+        """The warning held: the tenant's previous ``open_windows - 1`` trusted windows were
+        at or above elevated too."""
+        need = self.book.open_windows - 1
+        recent = list(t.history)[-need:] if need else []
+        return len(recent) == need and all(p >= self.book.elevated for p in recent)
 
     def _opening(self, iid: str, doc: dict, obs: WindowObservation, t: _Tenant) -> State:
         return State(id=iid, tenant=obs.tenant, status=OPEN, route="assess", opened=doc["window_start"],
