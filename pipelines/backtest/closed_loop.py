@@ -52,8 +52,10 @@ NAMES = FeatureExtractor.names()
 # (elevated, high) risk-band cuts to try: quantiles of an arm's scores on validation windows
 # that warn of nothing
 CUT_GRID = ((0.9, 0.97), (0.95, 0.995), (0.97, 0.99), (0.97, 0.995), (0.99, 0.995), (0.995, 0.999))
-# playbook variants tried with each pair of cuts: retries allowed under a retry budget
-PLAYBOOK_GRID = ((("retry_cap", 0),), (("retry_cap", 1),))
+# playbook variants tried with each pair of cuts: retries allowed under a retry budget, and
+# how many windows in a row a warning must hold before an incident opens
+PLAYBOOK_GRID = ((("retry_cap", 0), ("open_windows", 1)), (("retry_cap", 1), ("open_windows", 1)),
+                 (("retry_cap", 0), ("open_windows", 2)))
 # The playbook's pace in the backtest, chosen on the validation scenarios with the oracle arm:
 # told each onset, the workflow's defaults (verify 3 windows, roll back what did not help,
 # actions for 120 s) prevented 2 of 5 validation cascades (12 scenarios); verifying 6 windows
