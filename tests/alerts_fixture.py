@@ -129,6 +129,22 @@ class WebhookReceiver:
                 self.cond.wait(left)
 
 
+def scrape_alerts(svc) -> str:
+    """The alert service's metric families as Prometheus text, as /metrics serves them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pipelines.service.alerting import ServiceAlerts
+
+    registry = CollectorRegistry()
+
+    class Source:
+        def collect(self):
+            return ServiceAlerts(svc).metric_families()
+
+    registry.register(Source())
+    return generate_latest(registry).decode()
+
+
 def wait_until(fn, timeout_s: float = 10.0, every_s: float = 0.05):
     """Polls ``fn`` until it returns something truthy; that value (AssertionError on timeout)."""
     deadline = time.monotonic() + timeout_s

@@ -29,7 +29,7 @@ from pipelines.alerts.policy import (
 )
 from pipelines.alerts.service import AlertService, build_service
 from pipelines.alerts.tracker import TenantTracker
-from tests.alerts_fixture import HEALTHY, SICK, T0_MS, WebhookReceiver, verdict, write_window
+from tests.alerts_fixture import HEALTHY, SICK, T0_MS, WebhookReceiver, scrape_alerts, verdict, write_window
 
 POLICY = AlertPolicy()
 DEGRADED = {"unhealthy_frac": 0.07, "error_rate_p90": 0.01}
@@ -360,9 +360,7 @@ def test_service_reads_each_file_once_in_window_order_and_keeps_incident_records
 
 
 def test_service_holds_back_unsure_verdicts_counts_them_and_reads_old_files_as_ok(tmp_path):
-    from prometheus_client import CollectorRegistry, generate_latest
 
-    from pipelines.service.alerting import ServiceAlerts
 
     out = str(tmp_path / "out")
     svc = AlertService(out)
@@ -374,14 +372,7 @@ def test_service_holds_back_unsure_verdicts_counts_them_and_reads_old_files_as_o
     write_window(out, 3, 0.9, features=HEALTHY, status=None)  # a file from before statuses: ok
     assert [(e.action, e.window_start) for e in svc.poll_once()] == [(OPEN, window(3))]
     assert svc.held_back() == {"calibrating": 2, "out_of_distribution": 1}
-    registry = CollectorRegistry()
-
-    class Source:
-        def collect(self):
-            return ServiceAlerts(svc).metric_families()
-
-    registry.register(Source())
-    text = generate_latest(registry).decode()
+    text = scrape_alerts(svc)
     assert 'aura_alerts_held_back_total{reason="calibrating"} 2.0' in text
     assert 'aura_alerts_held_back_total{reason="out_of_distribution"} 1.0' in text
     assert "aura_alerts_verdicts_total 4.0" in text

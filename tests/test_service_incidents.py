@@ -15,7 +15,7 @@ from pipelines.alerts.service import AlertService, build_service
 from pipelines.alerts.workflow_feed import playbook_for, stored_actuator
 from pipelines.config import ApiConfig, RunConfig
 from pipelines.incidents.store import DEFAULT_DB
-from tests.alerts_fixture import CERT, HEALTHY, T0_MS, WebhookReceiver, write_window
+from tests.alerts_fixture import CERT, HEALTHY, T0_MS, WebhookReceiver, scrape_alerts, write_window
 
 SICK = {"unhealthy_frac": 0.2, "error_rate_p90": 0.3}
 OPENED = f"inc-acme-{T0_MS + 6 * 10_000}"
@@ -100,9 +100,7 @@ def test_committed_warnings_act_once_across_polls_and_restarts(tmp_path, model_d
 
 
 def test_a_shed_above_approve_above_waits_for_aura_incident_approve(tmp_path, model_dir, capsys):
-    from prometheus_client import CollectorRegistry, generate_latest
 
-    from pipelines.service.alerting import ServiceAlerts
 
     out = str(tmp_path / "run")
     db = os.path.join(out, "incidents.sqlite")
@@ -129,14 +127,7 @@ def test_a_shed_above_approve_above_waits_for_aura_incident_approve(tmp_path, mo
     svc.poll_once()  # the service carries the approved incident on
     assert listed(db, capsys)[0]["step"] == "verify"
 
-    registry = CollectorRegistry()
-
-    class Source:
-        def collect(self):
-            return ServiceAlerts(svc).metric_families()
-
-    registry.register(Source())
-    text = generate_latest(registry).decode()
+    text = scrape_alerts(svc)
     assert 'aura_alerts_interventions_total{kind="retry_budget",status="logged"} 1.0' in text
     assert "aura_alerts_workflow_windows_total 10.0" in text
     svc.stop()
