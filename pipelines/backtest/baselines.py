@@ -59,10 +59,13 @@ class StaticThresholdRule:
         self.refs = (max(err, 1e-6), max(lat, 1e-6))
         return self
 
+    def levels(self, features: np.ndarray) -> np.ndarray:
+        """(W,) each window's level alone: max(error / error_ref, p99 / p99_ref)."""
+        x = features[:, columns([self.error_feature, self.latency_feature])]
+        return np.maximum(x[:, 0] / self.refs[0], np.expm1(x[:, 1]) / self.refs[1])
+
     def score(self, s: ScenarioWindows) -> np.ndarray:
-        cols = columns([self.error_feature, self.latency_feature])
-        x = s.features[:, cols]
-        level = np.maximum(x[:, 0] / self.refs[0], np.expm1(x[:, 1]) / self.refs[1])
+        level = self.levels(s.features)
         k = self.for_windows
         padded = np.concatenate([np.zeros(k - 1), level])  # scores are >= 0: no alarm before the duration
         return sliding_window_view(padded, k).min(axis=1) if len(level) else level

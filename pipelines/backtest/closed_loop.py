@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipelines.backtest.baselines import StaticThresholdRule, columns
+from pipelines.backtest.baselines import StaticThresholdRule
 from pipelines.backtest.loop_stages import WindowStages
 from pipelines.backtest.scoring import ScenarioWindows
 from pipelines.calibration import OK
@@ -196,8 +196,9 @@ def _predictors(model_dir: str, consensus: bool) -> tuple:
 
 
 def _static_level(vec: np.ndarray, refs: tuple[float, float]) -> float:
-    err, lat = vec[columns(["error_rate_p90", "latency_p99_log_p90"])]
-    return float(max(err / refs[0], np.expm1(lat) / refs[1]))
+    rule = StaticThresholdRule()
+    rule.refs = refs
+    return float(rule.levels(vec[None, :])[0])
 
 
 def run_arm(sc_cfg: ScenarioConfig, plan: ArmPlan, cfg: LoopConfig) -> ArmRun:
