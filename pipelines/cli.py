@@ -229,7 +229,7 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
             source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
                                       poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
                                       max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file,
-                                      on_start=lambda: mark_running(cfg.out))
+                                      on_start=lambda: mark_running(cfg.out), out_dir=cfg.out)
             summary = job.run_landing(source, cfg.out, extractor, predictor, graph, consensus=consensus)
         else:
             paths = job.expand_inputs(cfg.input)
@@ -285,6 +285,12 @@ def render_summary(s, extra: dict[str, str] | None = None) -> str:
         from pipelines.calibration import STATUSES
 
         rows.append(("verdicts", ", ".join(f"{s.verdicts[k]} {k.replace('_', ' ')}" for k in STATUSES)))
+    if s.ledger:  # a crash-safe landing run: the counts above are this output's whole history
+        led = s.ledger
+        rows += [("runs into this output", led["runs"]),
+                 ("file reads (again after restarts)", f"{led['file_reads']} "
+                                                       f"({led['file_reads'] - led['files']})"),
+                 ("windows final / short of records", f"{led['windows_final']} / {led['windows_short']}")]
     rows += [
              ("reconciles (in = windowed + dead)", "yes" if s.reconciles else "NO"),
              ("elapsed", f"{s.elapsed_s:.1f} s"),

@@ -5,6 +5,11 @@ test's script) into a sequence of events: ``Records``, ``DeadLetters`` and ``Wat
 It owns the event-time watermark, so it is also where lateness is decided: a record whose
 every window has expired (watermark > window end + allowed lateness) becomes a dead letter
 with reason ``late`` here instead of being dropped silently by the engine later.
+
+With a ledger (``pipelines.source_ledger``) the landing directory is crash-safe: a file
+stays in the landing directory until every window it feeds is final on disk; a restarted
+source first reads again, in their first order and with their first watermarks, the files
+not yet retired, then goes on with new ones.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
+
+from pipelines import failpoints
+from pipelines.source_ledger import FileRead, SourceLedger, file_key
 from pipelines.telemetry import LATE, DeadLetter, ParseResult, TimestampGuard, parse_file, parse_lines
 from pipelines.windowing import WindowSpec, slice_batches
 
@@ -69,17 +78,28 @@ class EventBuilder:
         self.watermark: float | None = None
         self.max_seen: float | None = None
         self.stats = SourceStats()
+        self.final: set[tuple[str, int]] = set()  # (tenant, window ms) already final on disk
 
-    def from_result(self, res: ParseResult, source: str) -> list[Event]:
-        """Events for one parsed batch from ``source`` (no watermark change)."""
+    def _closed(self, rec: dict, again: bool) -> bool:
+        """Every window of the record fired its final pane (by watermark, or in an earlier run;
+        a file read ``again`` went to those windows the first time, so only the watermark counts)."""
+        t = rec["event_time"]
+        if self.watermark is not None and self.spec.is_late(t, self.watermark):
+            return True
+        return not again and bool(self.final) and all((rec["tenant"], int(round(s * 1000))) in self.final
+                                        for s in self.spec.starts(t))
+
+    def from_result(self, res: ParseResult, source: str, again: bool = False) -> list[Event]:
+        """Events for one parsed batch from ``source`` (no watermark change); ``again``: read
+        again after a restart."""
         self.stats.read += res.n_read
         dead = list(res.dead)
         ok: list[dict] = []
         for rec, (raw, pos) in zip(res.records, res.origins):
             t = rec["event_time"]
-            if self.watermark is not None and self.spec.is_late(t, self.watermark):
+            if self._closed(rec, again):
                 dead.append(DeadLetter(LATE, f"event time {t:.3f}: its windows closed before "
-                                       f"watermark {self.watermark:.3f}", source, pos, raw))
+                                       f"watermark {self.watermark or float('-inf'):.3f}", source, pos, raw))
             else:
                 ok.append(rec)
         self.stats.emitted += len(ok)
@@ -97,9 +117,9 @@ class EventBuilder:
     def lines(self, lines: Iterable[bytes], source: str) -> list[Event]:
         return self.from_result(parse_lines(lines, source, self.guard), source)
 
-    def file(self, path: str) -> list[Event]:
+    def file(self, path: str, again: bool = False) -> list[Event]:
         self.stats.files += 1
-        return self.from_result(parse_file(path, self.guard), path)
+        return self.from_result(parse_file(path, self.guard), path, again)
 
     def file_then_advance(self, path: str, lag_s: float) -> list[Event]:
         """Events of one file, then the watermark moved to (largest event time - lag)."""
@@ -133,15 +153,31 @@ def scripted_events(script: Iterable[tuple], spec: WindowSpec,
     return events, b.stats
 
 
+def _windows_of(events: list[Event], spec: WindowSpec) -> Counter:
+    """(tenant, window ms) -> records handed to that window by these events."""
+    out: Counter = Counter()
+    for ev in events:
+        if isinstance(ev, Records):
+            for (tenant, batch), start in ev.items:
+                for w in spec.starts(start):
+                    out[(tenant, int(round(w * 1000)))] += len(batch)
+    return out
+
+
 @dataclass
 class LandingDirectory:
     """Polls a directory for new telemetry files and turns each into events.
 
     Writers drop complete files (write ``name.tmp``, then rename); files whose names start
-    with ``.`` or ``_`` or end in ``.tmp`` are ignored. A processed file is moved into
-    ``archive`` so that it is read once. The watermark trails the largest event time seen
-    by ``max_out_of_orderness_s``. The stream ends when ``stop_file`` appears, after
+    with ``.`` or ``_`` or end in ``.tmp`` are ignored. The watermark trails the largest event
+    time seen by ``max_out_of_orderness_s``. The stream ends when ``stop_file`` appears, after
     ``idle_timeout_s`` without new files, or after ``max_runtime_s``.
+
+    Without ``out_dir`` a file moves into ``archive`` once its events are out (a crash then
+    loses the windows that were still open). With ``out_dir`` the source keeps its ledger
+    there, writes its dead letters there itself (one file per landed file, so a re-read
+    overwrites), and a file moves into ``archive`` only when every window it feeds is final
+    on disk, with each kind of output in ``outputs`` written for its last pane.
     """
 
     path: str
@@ -156,6 +192,8 @@ class LandingDirectory:
     guard: TimestampGuard = field(default_factory=TimestampGuard)
     on_file: Callable[[str, SourceStats], None] | None = None
     on_start: Callable[[], None] | None = None  # called once the engine asks for the first events
+    out_dir: str | None = None  # crash-safe: the ledger and the source's dead letters live here
+    outputs: tuple[str, ...] = ()  # kinds of pane output besides snapshots a final window needs
 
     def __post_init__(self):
         if not os.path.isdir(self.path):
@@ -163,10 +201,22 @@ class LandingDirectory:
         self.archive = self.archive or os.path.join(self.path, "_processed")
         os.makedirs(self.archive, exist_ok=True)
         self.builder = EventBuilder(self.spec, self.guard)
+        self.ledger: SourceLedger | None = None
+        self._seen: set[str] = set()  # read by this run, not yet archived
+        self.replayed = 0  # files read again after a restart
+        if self.out_dir is not None:
+            self.ledger = SourceLedger(self.out_dir, int(round(self.spec.size_s * 1000)),
+                                       int(round(self.spec.allowed_lateness_s * 1000)))
+            self.builder.final = self.ledger.final_windows()
 
     @property
     def stats(self) -> SourceStats:
         return self.builder.stats
+
+    @property
+    def final_windows(self) -> frozenset[tuple[str, int]]:
+        """Windows final on disk before this run: the engine must not emit them again."""
+        return frozenset(self.builder.final)
 
     def pending(self) -> list[str]:
         names = [n for n in os.listdir(self.path)
@@ -174,18 +224,103 @@ class LandingDirectory:
         paths = [os.path.join(self.path, n) for n in names]
         return sorted(paths, key=lambda p: (os.stat(p).st_mtime_ns, p))
 
+    def _archive(self, path: str) -> None:
+        shutil.move(path, os.path.join(self.archive, os.path.basename(path)))
+
+    def _read(self, path: str, key: str | None, prior: dict | None) -> Iterator[Event]:
+        """One file's events; with a ledger, recorded (and its dead letters written) first."""
+        b = self.builder
+        if prior is not None:  # read again after a restart: decide lateness as the first time
+            b.watermark = b.guard.watermark = prior["wm_before"]
+        wm_before, stats_before = b.watermark, (b.stats.read, b.stats.emitted, Counter(b.stats.dead))
+        events = b.file(path, again=prior is not None)
+        if b.max_seen is not None:
+            target = b.max_seen - self.max_out_of_orderness_s
+            if prior is not None and prior["wm_after"] is not None:
+                target = max(target, prior["wm_after"])
+            events += b.advance(target)
+        if self.ledger is not None:
+            dead = [d for ev in events if isinstance(ev, DeadLetters) for d in ev.items]
+            if dead:
+                self._write_dead(key, dead)
+            self.ledger.record(FileRead(
+                key, os.path.basename(path), os.path.getsize(path), b.stats.read - stats_before[0],
+                b.stats.emitted - stats_before[1], b.stats.dead - stats_before[2], wm_before,
+                b.watermark, b.max_seen, _windows_of(events, self.spec)))
+            events = [ev for ev in events if not isinstance(ev, DeadLetters)]  # on disk already
+        failpoints.hit("source.file_recorded")
+        for ev in events:
+            yield ev
+            if isinstance(ev, Records):
+                failpoints.hit("source.records_sent")
+
+    def _write_dead(self, key: str, dead: list[DeadLetter]) -> None:
+        from pipelines.service.durable import write_durably
+
+        d = os.path.join(self.out_dir, "deadletter")
+        os.makedirs(d, exist_ok=True)
+        name = "source-" + key.replace(":", "-").replace(os.sep, "_") + ".ndjson"
+        write_durably(d, name, b"".join(orjson.dumps(x.to_dict()) + b"\n" for x in dead))
+
+    def _settle(self, ended: bool = False) -> None:
+        """Retire (archive) the files whose windows are all final on disk."""
+        wm = None if ended else self.builder.watermark
+        if not ended and wm is None:
+            return
+        for name in self.ledger.settle(wm, self.outputs):
+            if os.path.exists(p := os.path.join(self.path, name)):
+                self._archive(p)
+            self._seen.discard(name)  # a later file of the same name is a new file
+        self.builder.final = self.ledger.final_windows()
+
+    def _replay(self) -> Iterator[Event]:
+        """After a restart: the files not retired, again, in their first order."""
+        done: set[str] = set()
+        for name in self.ledger.unretired():
+            path = os.path.join(self.path, name)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{name!r} was read by an earlier run and is not yet safe, but it is no longer in "
+                    f"{self.path!r}: put it back (from {self.archive!r} or its producer) and restart")
+            key = file_key(path)
+            prior = self.ledger.prior(key)
+            self.replayed += 1
+            yield from self._read(path, key, prior)
+            if self.on_file:
+                self.on_file(path, self.stats)
+            done.add(name)
+        wm, top = self.ledger.resume()  # carry on where the last run got to
+        b = self.builder
+        if top is not None:
+            b.max_seen = top if b.max_seen is None else max(b.max_seen, top)
+        if wm is not None:
+            yield from b.advance(wm)
+        self._seen = done
+
     def events(self) -> Iterator[Event]:
         """Events until the stream ends (blocking between polls)."""
         if self.on_start:
             self.on_start()
+        if self.ledger is not None:
+            yield from self._replay()
         start = last_new = last_beat = time.monotonic()
         while True:
-            files = self.pending()
+            files = [p for p in self.pending() if os.path.basename(p) not in self._seen]
             for path in files:
-                yield from self.builder.file_then_advance(path, self.max_out_of_orderness_s)
-                # moved only once its events are out: a crash in between re-reads the file
-                # (at-least-once), it never loses it
-                shutil.move(path, os.path.join(self.archive, os.path.basename(path)))
+                if self.ledger is None:
+                    yield from self.builder.file_then_advance(path, self.max_out_of_orderness_s)
+                    # moved only once its events are out: a crash in between re-reads the file
+                    # (at-least-once), but windows still open in the engine are lost with it
+                    self._archive(path)
+                else:
+                    key = file_key(path)
+                    prior = self.ledger.prior(key)
+                    if prior is not None and prior["retired"]:  # delivered twice: counted once
+                        self._archive(path)
+                        continue
+                    yield from self._read(path, key, prior)
+                    self._seen.add(os.path.basename(path))
+                    self._settle()
                 if self.on_file:
                     self.on_file(path, self.stats)
             now = time.monotonic()
@@ -200,5 +335,17 @@ class LandingDirectory:
                 return
             if now - last_beat >= self.heartbeat_s and self.builder.watermark is not None:
                 last_beat = now  # re-state the watermark so the consumer knows we are alive
+                if self.ledger is not None:
+                    self._settle()
                 yield Watermark(self.builder.watermark)
             time.sleep(self.poll_interval_s)
+
+    def finish(self) -> dict:
+        """After the engine drained (every window fired): settle, retire, close the ledger;
+        the reconciliation over every run of this output (``{}`` without a ledger)."""
+        if self.ledger is None:
+            return {}
+        self._settle(ended=True)
+        totals = self.ledger.totals()
+        self.ledger.close()
+        return totals

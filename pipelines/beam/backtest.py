@@ -173,14 +173,15 @@ def run_backtest_pipeline(sources: list, spec: WindowSpec, out_dir: str, extract
                      | "Group" >> beam.GroupByKey()
                      | "Snapshot" >> beam.ParDo(BuildTableSnapshot(run_id)))
             rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, False, run_id)
-            window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
+            window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, per_window=True))
             rows | "CollectFeatures" >> beam.ParDo(Collect(run_id, "features"))
             if predictor is not None:
                 preds = rows | "Predictions" >> PredictionStage(predictor, False, run_id,
                                                                 keep_inputs=consensus is not None)
                 if consensus is not None:
                     preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id)
-                    disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
+                    disputed | "WriteDisputed" >> beam.ParDo(
+                        WriteDeadLetters(out_dir, run_id, per_window=True))
                     disputed | "CollectDisputed" >> beam.ParDo(Collect(run_id, "disputed"))
                 preds | "CollectPredictions" >> beam.ParDo(Collect(run_id, "predictions"))
     finally:

@@ -70,6 +70,7 @@ class RunSummary:
     files: int = 0
     elapsed_s: float = 0.0
     verdicts: Counter = field(default_factory=Counter)  # written verdicts by status (pipelines.calibration)
+    ledger: dict = field(default_factory=dict)  # the output's whole history (pipelines.source_ledger)
 
     @property
     def dead_total(self) -> int:
@@ -77,10 +78,11 @@ class RunSummary:
 
     @property
     def reconciles(self) -> bool:
-        """read == windowed + dead-lettered; with consensus, predictions == committed + disputed."""
+        """read == windowed + dead-lettered; with consensus, predictions == committed + disputed;
+        with a ledger, its whole history reconciles too (no window short of its records)."""
         c = self.consensus
         agreed = not c or self.predictions == c["committed"] + c["disputed"]
-        return self.read == self.windowed + self.dead_total and agreed
+        return self.read == self.windowed + self.dead_total and agreed and self.ledger.get("reconciles", True)
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "out_dir": self.out_dir, "files": self.files,
@@ -92,6 +94,7 @@ class RunSummary:
                 "consensus": dict(sorted(self.consensus.items())),
                 "verdicts": dict(sorted(self.verdicts.items())),
                 "elapsed_s": round(self.elapsed_s, 3),
+                **({"ledger": self.ledger} if self.ledger else {}),
                 "reconciles": self.reconciles}
 
     @classmethod
@@ -101,7 +104,7 @@ class RunSummary:
         return cls(d["mode"], d["out_dir"], d["read"], d["windowed"], Counter(d["dead_by_reason"]),
                    d["panes"], d["windows"], d["feature_rows"], d["predictions"],
                    Counter(d["windows_dead_lettered"]), Counter(d["graph"]), Counter(d["consensus"]),
-                   d["files"], d["elapsed_s"], Counter(d.get("verdicts", {})))
+                   d["files"], d["elapsed_s"], Counter(d.get("verdicts", {})), d.get("ledger", {}))
 
 
 def _fill(summary: RunSummary, counts: Counter) -> RunSummary:
@@ -125,21 +128,22 @@ def _prefixed(counts: Counter, prefix: str) -> Counter:
 def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streaming: bool,
                          run_id: str, extractor: FeatureExtractor | None,
                          predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
-                         consensus: ConsensusSpec | None = None):
-    snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id)
+                         consensus: ConsensusSpec | None = None,
+                         final: frozenset[tuple[str, int]] = frozenset()):
+    snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id, final)
     snaps | "WriteSnapshots" >> beam.ParDo(WriteSnapshots(out_dir))
     dead | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(out_dir, run_id))
     rows = preds = None
     if extractor is not None:
         rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, streaming, run_id)
         rows | "WriteFeatures" >> beam.ParDo(WriteFeatures(out_dir))
-        window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
+        window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, per_window=True))
         if predictor is not None:
             preds = rows | "Predictions" >> PredictionStage(predictor, streaming, run_id,
                                                             keep_inputs=consensus is not None)
             if consensus is not None:  # only committed verdicts (with their certificate) go on
                 preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id)
-                disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, count=False))
+                disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, per_window=True))
             preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir, run_id))
     if graph is not None:  # predictions plus topology to Neo4j / the embedded Bolt server
         parts = {"snapshot": snaps, "topology": rows, "prediction": preds}
@@ -215,10 +219,12 @@ def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_
 def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_dir: str,
              extractor: FeatureExtractor | None = None,
              predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
-             consensus: ConsensusSpec | None = None) -> RunSummary:
+             consensus: ConsensusSpec | None = None,
+             final: frozenset[tuple[str, int]] = frozenset()) -> RunSummary:
     """Streaming run over a live event iterator (a landing directory, or files read in
     turn), served to the TestStream over gRPC on loopback; ends when the iterator does.
-    ``stats`` is the source's live counter object."""
+    ``stats`` is the source's live counter object; windows in ``final`` are already final
+    on disk (an earlier run) and are not written again."""
     t0, run_id = time.perf_counter(), counters.new_run()
     reader = _EventReader(events)
     service = TestStreamServiceController(reader)  # binds localhost on a free port
@@ -228,7 +234,7 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
             outs = p | "Source" >> TestStream(coder=_CODER, output_tags={RECORDS, DEAD},
                                               endpoint=service.endpoint)
             _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
-                                 predictor, graph, consensus)
+                                 predictor, graph, consensus, final)
     finally:
         service.stop()
     if not reader.finished:  # the TestStream ends quietly on a broken RPC: never pass that off
@@ -242,9 +248,19 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
 def run_landing(source: LandingDirectory, out_dir: str, extractor: FeatureExtractor | None = None,
                 predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
                 consensus: ConsensusSpec | None = None) -> RunSummary:
-    """Streaming run over a landing directory until the source ends."""
-    return run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor, graph,
-                    consensus)
+    """Streaming run over a landing directory until the source ends. A source with a ledger
+    (``out_dir``) is told which outputs a final window needs, and the summary is then the
+    reconciliation over every run into ``out_dir``."""
+    source.outputs = tuple(k for k, on in (("features", extractor), ("predictions", predictor)) if on)
+    summary = run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor,
+                       graph, consensus, source.final_windows)
+    history = source.finish()
+    if history:
+        summary.ledger = history
+        summary.files, summary.read, summary.windowed = history["files"], history["read"], history["windowed"]
+        summary.dead = Counter(history["dead_by_reason"])
+        summary.windows = history["windows"]
+    return summary
 
 
 def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s: float = 5.0,

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from pipelines import failpoints
 from pipelines.beam import counters
+from pipelines.source_ledger import window_dead_path
 from pipelines.telemetry import DeadLetter
 from pipelines.windowing import WindowSnapshot, WindowSpec, build_snapshot, snapshots_to_table
 
@@ -38,13 +40,17 @@ class CountWindowed(beam.DoFn):
 
 
 class BuildSnapshot(beam.DoFn):
-    """(tenant, record batches) of one window pane -> WindowSnapshot."""
+    """(tenant, record batches) of one window pane -> WindowSnapshot. A window in ``final``
+    is already final on disk (an earlier run): records read again for it are not re-emitted."""
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
+    def __init__(self, run_id: str, final: frozenset[tuple[str, int]] = frozenset()):
+        self.run_id, self.final = run_id, final
 
     def process(self, kv, w=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         tenant, batches = kv
+        if self.final and (tenant, int(round(float(w.start) * 1000))) in self.final:
+            counters.inc(self.run_id, "panes_already_final")
+            return
         records = [r for batch in batches for r in batch]
         snap = build_snapshot(tenant, float(w.start), float(w.end), records)
         snap.pane_index = pane.index
@@ -62,9 +68,10 @@ class WindowedSnapshots(beam.PTransform):
     accumulating late pane for each late record within the allowed lateness.
     """
 
-    def __init__(self, spec: WindowSpec, streaming: bool, run_id: str):
+    def __init__(self, spec: WindowSpec, streaming: bool, run_id: str,
+                 final: frozenset[tuple[str, int]] = frozenset()):
         super().__init__()
-        self.spec, self.streaming, self.run_id = spec, streaming, run_id
+        self.spec, self.streaming, self.run_id, self.final = spec, streaming, run_id, final
 
     def expand(self, records):
         keyed = records | "CountAndKey" >> beam.ParDo(CountWindowed(self.run_id))
@@ -77,7 +84,7 @@ class WindowedSnapshots(beam.PTransform):
         else:
             windowed = keyed | "Window" >> beam.WindowInto(beam_windows(self.spec))
         return (windowed | "Group" >> beam.GroupByKey()
-                | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id)))
+                | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id, self.final)))
 
 
 def write_pane(out_dir: str, kind: str, tenant: str, window_start_ms: int, pane: int,
@@ -101,18 +108,32 @@ class WriteSnapshots(beam.DoFn):
     def process(self, snap: WindowSnapshot):
         yield write_pane(self.out_dir, "snapshots", snap.tenant, int(round(snap.window_start * 1000)),
                          snap.pane_index, snapshots_to_table([snap]))
+        failpoints.hit(f"sink.snapshot_written.{snap.pane_timing.lower()}")
 
 
 class WriteDeadLetters(beam.DoFn):
-    """Appends dead letters as NDJSON, one file per bundle; counts them by reason."""
+    """Appends record dead letters as NDJSON, one file per bundle, and counts them by reason.
+    ``per_window``: window-level dead letters (a window's features failed, its verdict was
+    disputed; counted where they arise), each in a file keyed by (tenant, window, reason),
+    so a replay overwrites it and the source's ledger can see the window is done."""
 
-    def __init__(self, out_dir: str, run_id: str, count: bool = True):
-        self.out_dir, self.run_id, self.count = out_dir, run_id, count
+    def __init__(self, out_dir: str, run_id: str, per_window: bool = False):
+        self.out_dir, self.run_id, self.per_window = out_dir, run_id, per_window
+        self.count = not per_window
 
     def start_bundle(self):
         self._fh = None
 
     def process(self, dead: DeadLetter):
+        if self.per_window:
+            tenant = dead.source.split(" ", 1)[1]  # "window <tenant>", "consensus <tenant>"
+            path = window_dead_path(self.out_dir, tenant, dead.position, dead.reason)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps(dead.to_dict()) + b"\n")
+            os.replace(tmp, path)
+            return []
         if self._fh is None:
             d = os.path.join(self.out_dir, "deadletter")
             os.makedirs(d, exist_ok=True)
