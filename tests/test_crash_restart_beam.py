@@ -3,8 +3,10 @@
 ``aura run --landing`` runs as a subprocess; a failpoint (``pipelines.failpoints``) kills it
 with SIGKILL at an exact place: between two files, after a file's records went to the engine
 but before its watermark, between a window's on-time and late panes, and a second time
-while it reads again after the first restart. The restarted job reads the rest, and the
-windows and their record counts equal a batch run over the same files, exactly."""
+while it reads again after the first restart. The restarted job reads the rest: the windows
+and their record counts equal a batch run over the same files, exactly, and every window's
+prediction equals an uninterrupted streaming run's (the keyed state was restored), each
+verdict committed once across the consensus chains of every run."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 import pytest
 
 from pipelines.beam import job
+from pipelines.beam.predict import read_predictions
+from pipelines.consensus.audit import audit_logs, committed_before, verify_log
 from pipelines.windowing import WindowSpec
 from tests.crash_data import FILES, RECORDS, crash_files, final_counts, land
 
@@ -36,6 +40,24 @@ def reference(files, tmp_path_factory) -> dict:
     s = job.run_batch(files, WindowSpec(10.0, None, 30.0), out)
     assert s.reconciles and s.read == RECORDS
     return final_counts(out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(files, tmp_path_factory) -> dict:
+    """(tenant, window ms) -> (probability, status) of the last pane, from a run never killed."""
+    d = tmp_path_factory.mktemp("crash-stream")
+    landing, out = str(d / "landing"), str(d / "out")
+    os.makedirs(landing)
+    assert _run(landing, out, None, str(d / "job.log"), files) == 0, _tail(str(d / "job.log"))
+    return _verdicts(out)
+
+
+def _verdicts(out: str) -> dict:
+    rows = sorted(read_predictions(out).to_pylist(), key=lambda r: (r["tenant"], r["window_start"],
+                                                                     r["pane_index"]))
+    assert all(r["certificate"] for r in rows)  # only committed verdicts are written
+    return {(r["tenant"], int(r["window_start"].timestamp() * 1000)): (r["probability"], r["status"])
+            for r in rows}
 
 
 def _run(landing: str, out: str, failpoints: str | None, log: str, feed: list[str] = ()) -> int:
@@ -75,7 +97,7 @@ KILLS = {
 
 
 @pytest.mark.parametrize("kill", list(KILLS))
-def test_sigkill_and_restart_loses_nothing(kill, files, reference, tmp_path):
+def test_sigkill_and_restart_loses_nothing(kill, files, reference, uninterrupted, tmp_path):
     landing, out, log = str(tmp_path / "landing"), str(tmp_path / "out"), str(tmp_path / "job.log")
     os.makedirs(landing)
     for i, point in enumerate(KILLS[kill]):
@@ -104,10 +126,15 @@ def test_sigkill_and_restart_loses_nothing(kill, files, reference, tmp_path):
         len(KILLS[kill]) + 1, FILES, FILES, 0)
     assert led["file_reads"] > FILES  # the files of open windows were read again, counted once
     assert sorted(os.listdir(os.path.join(landing, "_processed"))) == sorted(map(os.path.basename, files))
-    # every final pane went on through features and prediction
-    for (tenant, w) in got:
-        assert any(n.startswith(f"window={w}-") for n in os.listdir(os.path.join(out, "predictions",
-                                                                                 f"tenant={tenant}")))
+    # every window's verdict as if the job had never stopped, committed once over all chains
+    verdicts = _verdicts(out)
+    assert set(verdicts) == set(got)
+    assert verdicts == uninterrupted, {k: (v, uninterrupted.get(k)) for k, v in verdicts.items()
+                                       if v != uninterrupted.get(k)}
+    logs = audit_logs(out)
+    assert logs and all(verify_log(p).ok for p in logs)
+    vids = [v.vid for p in logs for v, _ in committed_before(p).values()]
+    assert len(vids) == len(set(vids)) == len(read_predictions(out))
     print(f"\n{kill}: before the restart {on_disk} records in final panes on disk, {retired} files "
           f"retired; after it "
           f"{sum(got.values())}/{RECORDS} in {len(got)} windows, {led['file_reads'] - FILES} file(s) "

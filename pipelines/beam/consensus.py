@@ -17,11 +17,11 @@ from apache_beam import coders
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from pipelines.beam import counters
-from pipelines.consensus.audit import AUDIT_DIR
+from pipelines.consensus.audit import AUDIT_DIR, committed_before
 from pipelines.consensus.crypto import digest_arrays
 from pipelines.consensus.keys import load_keys
 from pipelines.consensus.messages import Request, Verdict
-from pipelines.consensus.stage import ConsensusConfig
+from pipelines.consensus.stage import CommittedVerdict, ConsensusConfig, DisputedVerdict
 from pipelines.consensus.stage import ConsensusStage as Validators
 from pipelines.consensus.validator import RiskBands
 from pipelines.inference import PredictorSpec
@@ -72,22 +72,33 @@ class ConsensusFn(beam.DoFn):
 
     ORDER = ReadModifyWriteStateSpec("order", coders.VarIntCoder())  # one key: serial, in order
 
-    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str):
-        self.spec, self.out_dir, self.run_id = spec, out_dir, run_id
+    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str, resume: bool = False):
+        self.spec, self.out_dir, self.run_id, self.resume = spec, out_dir, run_id, resume
 
     def setup(self):
         self.stage = self.spec.build(self.out_dir)
+        # a crash-safe run resumes: what earlier runs into this output committed stays committed
+        self.before = committed_before(self.out_dir) if self.resume else {}
 
     def process(self, element, order=beam.DoFn.StateParam(ORDER)):
         _, rows = element
         order.write((order.read() or 0) + len(rows))
         by_vid = {}
-        requests = []
+        requests, again = [], []
         for row in rows:
             req = request(row, self.spec.bands)
             by_vid.setdefault(req.vid, row)
-            requests.append(req)
+            (again if req.vid in self.before else requests).append(req)
         committed, disputed = self.stage.process(requests)
+        for req in again:  # read again after a restart: never committed twice
+            old, cert = self.before[req.vid]
+            if old == req.verdict:
+                committed.append(CommittedVerdict(req.verdict, cert))
+                counters.inc(self.run_id, "consensus.already_committed")
+            else:
+                disputed.append(DisputedVerdict(req.verdict, "conflicts_with_committed", [
+                    {"committed": dict(zip(("probability", "band", "digest"), old.canon()[4:])),
+                     "certificate": cert}]))
         counters.inc(self.run_id, "consensus.committed", len(committed))
         counters.inc(self.run_id, "consensus.disputed", len(disputed))
         for c in committed:
@@ -98,9 +109,11 @@ class ConsensusFn(beam.DoFn):
             raw = orjson.dumps({"verdict": dict(zip(("tenant", "window_start", "window_end", "pane_index",
                                                      "probability", "band", "digest"), v.canon())),
                                 "objections": d.objections})
+            detail = ("committed before a restart with another probability or inputs"
+                      if d.reason == "conflicts_with_committed"
+                      else f"{len(d.objections)} of {len(self.spec.backends)} validators objected")
             yield beam.pvalue.TaggedOutput(DISPUTED, DeadLetter(
-                f"consensus_{d.reason}", f"{len(d.objections)} of {len(self.spec.backends)} validators "
-                f"objected", f"consensus {v.tenant}", v.window_start, raw))
+                f"consensus_{d.reason}", detail, f"consensus {v.tenant}", v.window_start, raw))
 
     def teardown(self):
         stage = getattr(self, "stage", None)
@@ -113,15 +126,15 @@ class ConsensusFn(beam.DoFn):
 class ConsensusStage(beam.PTransform):
     """Prediction rows -> (committed rows with ``certificate``, disputed dead letters)."""
 
-    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str):
+    def __init__(self, spec: ConsensusSpec, out_dir: str, run_id: str, resume: bool = False):
         super().__init__()
-        self.spec, self.out_dir, self.run_id = spec, out_dir, run_id
+        self.spec, self.out_dir, self.run_id, self.resume = spec, out_dir, run_id, resume
 
     def expand(self, preds):
         n = self.spec.max_block
         out = (preds
                | "Batch" >> beam.BatchElements(min_batch_size=n, max_batch_size=n)
                | "OneKey" >> beam.Map(lambda rows: (0, rows))
-               | "Agree" >> beam.ParDo(ConsensusFn(self.spec, self.out_dir, self.run_id)).with_outputs(
-                   DISPUTED, main="committed"))
+               | "Agree" >> beam.ParDo(ConsensusFn(self.spec, self.out_dir, self.run_id, self.resume)
+                                        ).with_outputs(DISPUTED, main="committed"))
         return out["committed"], out[DISPUTED]

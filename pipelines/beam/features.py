@@ -7,10 +7,11 @@ import apache_beam as beam
 import orjson
 from apache_beam import coders
 from apache_beam.transforms import window
-from apache_beam.transforms.userstate import BagStateSpec
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
 from pipelines.beam import counters
 from pipelines.beam.transforms import write_pane
+from pipelines.state_journal import StateJournal
 from pipelines.telemetry import DeadLetter
 from pipelines.topology.features import FeatureExtractor, WindowFeatures
 from pipelines.topology.rows import feature_table, non_finite
@@ -53,20 +54,32 @@ def _emit(run_id: str, wf: WindowFeatures, vec):
 
 
 class SequenceFeaturesFn(beam.DoFn):
-    """Streaming: the tenant's recent windows live in keyed state (checkpointed by the engine)."""
+    """Streaming: the tenant's recent windows live in keyed state; with a ``journal_dir``
+    (a crash-safe run) also in a ``StateJournal`` there, restored after a restart."""
 
     RECENT = BagStateSpec("recent", coders.PickleCoder())
+    SEQ = ReadModifyWriteStateSpec("seq", coders.VarIntCoder())
 
-    def __init__(self, extractor: FeatureExtractor, slide_s: float, run_id: str):
+    def __init__(self, extractor: FeatureExtractor, slide_s: float, run_id: str,
+                 journal_dir: str | None = None):
         self.extractor, self.slide_s, self.run_id = extractor, slide_s, run_id
+        self.journal = StateJournal(journal_dir, "sequence") if journal_dir else None
 
-    def process(self, element, recent=beam.DoFn.StateParam(RECENT)):
+    def process(self, element, recent=beam.DoFn.StateParam(RECENT), seq=beam.DoFn.StateParam(SEQ)):
         _, wf = element
         known = {ms(w.window_start): w for w in recent.read()}
+        n = seq.read() or 0
+        if n == 0 and self.journal is not None:  # first of the tenant in this process
+            got = self.journal.restore(wf.tenant, ms(wf.window_start), wf.pane_index)
+            if got is not None:
+                n, known = got
         vec, known = next_row(self.extractor, known, wf, self.slide_s)
         recent.clear()
         for w in known.values():
             recent.add(w)
+        seq.write(n + 1)
+        if self.journal is not None:
+            self.journal.save(wf.tenant, n + 1, ms(wf.window_start), wf.pane_index, known)
         yield _emit(self.run_id, wf, vec)
 
 
@@ -98,9 +111,11 @@ class WriteFeatures(beam.DoFn):
 class FeatureStage(beam.PTransform):
     """Snapshots -> feature rows (main output) and window-level dead letters (``dead``)."""
 
-    def __init__(self, extractor: FeatureExtractor, slide_s: float, streaming: bool, run_id: str):
+    def __init__(self, extractor: FeatureExtractor, slide_s: float, streaming: bool, run_id: str,
+                 journal_dir: str | None = None):
         super().__init__()
         self.extractor, self.slide_s, self.streaming, self.run_id = extractor, slide_s, streaming, run_id
+        self.journal_dir = journal_dir
 
     def expand(self, snaps):
         per_window = snaps | "WindowFeatures" >> beam.ParDo(
@@ -108,7 +123,8 @@ class FeatureStage(beam.PTransform):
         keyed = per_window.ok | "Rewindow" >> beam.WindowInto(window.GlobalWindows())
         if self.streaming:
             rows = keyed | "Sequence" >> beam.ParDo(
-                SequenceFeaturesFn(self.extractor, self.slide_s, self.run_id)).with_outputs(DEAD, main="ok")
+                SequenceFeaturesFn(self.extractor, self.slide_s, self.run_id, self.journal_dir)
+            ).with_outputs(DEAD, main="ok")
         else:
             rows = (keyed | "ByTenant" >> beam.GroupByKey()
                     | "Fold" >> beam.ParDo(FoldSequenceFn(self.extractor, self.slide_s, self.run_id)

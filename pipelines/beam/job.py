@@ -129,20 +129,27 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
                          run_id: str, extractor: FeatureExtractor | None,
                          predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
                          consensus: ConsensusSpec | None = None,
-                         final: frozenset[tuple[str, int]] = frozenset()):
-    snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id, final)
+                         final: frozenset[tuple[str, int]] | None = None):
+    """The stages after the source. ``final`` (a crash-safe landing run; None otherwise): the
+    windows already final on disk; the run then also journals keyed state and resumes the
+    consensus chain's commits from ``out_dir``."""
+    resume = final is not None
+    journal = out_dir if resume else None
+    snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id, final or frozenset())
     snaps | "WriteSnapshots" >> beam.ParDo(WriteSnapshots(out_dir))
     dead | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(out_dir, run_id))
     rows = preds = None
     if extractor is not None:
-        rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, streaming, run_id)
+        rows, window_dead = snaps | "Features" >> FeatureStage(extractor, spec.slide, streaming, run_id,
+                                                               journal)
         rows | "WriteFeatures" >> beam.ParDo(WriteFeatures(out_dir))
         window_dead | "WriteWindowDead" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, per_window=True))
         if predictor is not None:
             preds = rows | "Predictions" >> PredictionStage(predictor, streaming, run_id,
-                                                            keep_inputs=consensus is not None)
+                                                            keep_inputs=consensus is not None,
+                                                            journal_dir=journal)
             if consensus is not None:  # only committed verdicts (with their certificate) go on
-                preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id)
+                preds, disputed = preds | "Consensus" >> ConsensusStage(consensus, out_dir, run_id, resume)
                 disputed | "WriteDisputed" >> beam.ParDo(WriteDeadLetters(out_dir, run_id, per_window=True))
             preds | "WritePredictions" >> beam.ParDo(WritePredictions(out_dir, run_id))
     if graph is not None:  # predictions plus topology to Neo4j / the embedded Bolt server
@@ -220,11 +227,10 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
              extractor: FeatureExtractor | None = None,
              predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
              consensus: ConsensusSpec | None = None,
-             final: frozenset[tuple[str, int]] = frozenset()) -> RunSummary:
+             final: frozenset[tuple[str, int]] | None = None) -> RunSummary:
     """Streaming run over a live event iterator (a landing directory, or files read in
     turn), served to the TestStream over gRPC on loopback; ends when the iterator does.
-    ``stats`` is the source's live counter object; windows in ``final`` are already final
-    on disk (an earlier run) and are not written again."""
+    ``stats`` is the source's live counter object; ``final``: see ``_windowing_and_sinks``."""
     t0, run_id = time.perf_counter(), counters.new_run()
     reader = _EventReader(events)
     service = TestStreamServiceController(reader)  # binds localhost on a free port
@@ -253,7 +259,7 @@ def run_landing(source: LandingDirectory, out_dir: str, extractor: FeatureExtrac
     reconciliation over every run into ``out_dir``."""
     source.outputs = tuple(k for k, on in (("features", extractor), ("predictions", predictor)) if on)
     summary = run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor,
-                       graph, consensus, source.final_windows)
+                       graph, consensus, source.final_windows if source.ledger is not None else None)
     history = source.finish()
     if history:
         summary.ledger = history

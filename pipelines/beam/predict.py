@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam import coders
 from apache_beam.transforms import window
-from apache_beam.transforms.userstate import BagStateSpec
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
 from pipelines.beam import counters
 from pipelines.beam.transforms import write_pane
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
+from pipelines.state_journal import StateJournal
 from pipelines.topology.sequence import ms
 from schemas import FEATURES_SCHEMA_VERSION
 
@@ -40,8 +41,10 @@ PREDICTION_ROW = pa.schema([
 
 
 class _Predicts(beam.DoFn):
-    def __init__(self, spec: PredictorSpec, run_id: str, keep_inputs: bool = False):
+    def __init__(self, spec: PredictorSpec, run_id: str, keep_inputs: bool = False,
+                 journal_dir: str | None = None):
         self.spec, self.run_id, self.keep_inputs = spec, run_id, keep_inputs
+        self.journal = StateJournal(journal_dir, "predict") if journal_dir else None
 
     def setup(self):
         self.predictor = self.spec.build()
@@ -71,14 +74,25 @@ class _Predicts(beam.DoFn):
 
 
 class PredictStreaming(_Predicts):
-    RECENT = BagStateSpec("history", coders.PickleCoder())
+    """The tenant's ``TenantHistory`` in keyed state (and, in a crash-safe run, journalled)."""
 
-    def process(self, element, history=beam.DoFn.StateParam(RECENT)):
+    RECENT = BagStateSpec("history", coders.PickleCoder())
+    SEQ = ReadModifyWriteStateSpec("seq", coders.VarIntCoder())
+
+    def process(self, element, history=beam.DoFn.StateParam(RECENT), seq=beam.DoFn.StateParam(SEQ)):
         _, (wf, vec) = element
         stored = list(history.read())  # one TenantHistory (none before the tenant's first window)
-        row, state = self._step(stored[-1] if stored else None, wf, vec)
+        before, n = (stored[-1] if stored else None), seq.read() or 0
+        if n == 0 and self.journal is not None:  # first of the tenant in this process
+            got = self.journal.restore(wf.tenant, ms(wf.window_start), wf.pane_index)
+            if got is not None:
+                n, before = got
+        row, state = self._step(before, wf, vec)
         history.clear()
         history.add(state)
+        seq.write(n + 1)
+        if self.journal is not None:
+            self.journal.save(wf.tenant, n + 1, ms(wf.window_start), wf.pane_index, state)
         yield row
 
 
@@ -111,15 +125,18 @@ class WritePredictions(beam.DoFn):
 class PredictionStage(beam.PTransform):
     """(WindowFeatures, vector) rows -> prediction rows (dicts, PREDICTION_ROW)."""
 
-    def __init__(self, spec: PredictorSpec, streaming: bool, run_id: str, keep_inputs: bool = False):
+    def __init__(self, spec: PredictorSpec, streaming: bool, run_id: str, keep_inputs: bool = False,
+                 journal_dir: str | None = None):
         super().__init__()
         self.spec, self.streaming, self.run_id, self.keep_inputs = spec, streaming, run_id, keep_inputs
+        self.journal_dir = journal_dir
 
     def expand(self, rows):
         keyed = (rows | "KeyByTenant" >> beam.Map(lambda r: (r[0].tenant, r))
                  | "Global" >> beam.WindowInto(window.GlobalWindows()))
         if self.streaming:
-            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.spec, self.run_id, self.keep_inputs))
+            return keyed | "Predict" >> beam.ParDo(PredictStreaming(self.spec, self.run_id, self.keep_inputs,
+                                                                    self.journal_dir))
         return (keyed | "ByTenant" >> beam.GroupByKey()
                 | "Predict" >> beam.ParDo(PredictBatch(self.spec, self.run_id, self.keep_inputs)))
 

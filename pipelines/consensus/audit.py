@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from pipelines.consensus.crypto import Committee, canonical
-from pipelines.consensus.messages import QC, Block, genesis, vote_bytes
+from pipelines.consensus.messages import QC, Block, Verdict, genesis, vote_bytes
 
 AUDIT_DIR = "audit"
 
@@ -112,3 +112,33 @@ def audit_logs(path: str) -> list[str]:
         d = os.path.join(path, AUDIT_DIR) if os.path.isdir(os.path.join(path, AUDIT_DIR)) else path
         return sorted(glob.glob(os.path.join(d, "*.ndjson")))
     return [path]
+
+
+def committed_before(path: str) -> dict[str, tuple[Verdict, dict]]:
+    """Every verdict committed in the audit logs of a run directory: vid -> (verdict, its
+    certificate). A last line torn by a crash (not yet whole JSON) is not a commit and is
+    skipped; anything else unreadable is an error (``aura audit verify`` names it)."""
+    out: dict[str, tuple[Verdict, dict]] = {}
+    for log in audit_logs(path):
+        with open(log, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        chain = None
+        for no, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                if no >= len(lines) - 1:  # the torn tail of a killed writer
+                    break
+                raise ValueError(f"{log}: line {no} is not JSON") from None
+            if rec.get("type") == "header":
+                chain = rec["chain_id"]
+                continue
+            b, qc = Block.from_dict(rec["block"]), QC.from_dict(rec["qc"])
+            cert = {"chain": chain, "height": rec["height"], "view": qc.view,
+                    "block_hash": qc.block_hash.hex(), "signers": qc.signers,
+                    "signatures": [s.hex() for _, s in qc.sigs]}
+            for v in b.payload:
+                out.setdefault(v.vid, (v, cert))
+    return out
