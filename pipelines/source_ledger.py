@@ -68,8 +68,20 @@ class FileRead:
     windows: Counter = field(default_factory=Counter)  # (tenant, window ms) -> records
 
 
+GRAPH_MARK = "graph_written"  # an empty file per pane whose prediction is in the graph (or spilled)
+
+
 def pane_path(out_dir: str, kind: str, tenant: str, window_ms: int, pane: int) -> str:
-    return os.path.join(out_dir, kind, f"tenant={tenant}", f"window={window_ms}-pane={pane}.parquet")
+    ext = ".done" if kind == GRAPH_MARK else ".parquet"
+    return os.path.join(out_dir, kind, f"tenant={tenant}", f"window={window_ms}-pane={pane}{ext}")
+
+
+def mark_pane(out_dir: str, kind: str, tenant: str, window_ms: int, pane: int) -> None:
+    """An empty marker file: this pane's output of ``kind`` is durable."""
+    path = pane_path(out_dir, kind, tenant, window_ms, pane)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb"):
+        pass
 
 
 def window_dead_path(out_dir: str, tenant: str, window_ms: int, reason: str) -> str:

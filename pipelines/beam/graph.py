@@ -15,13 +15,14 @@ from apache_beam.transforms import window
 
 from pipelines.beam import counters
 from pipelines.graph.sink import GraphSink, GraphSpec, SinkState
+from pipelines.source_ledger import GRAPH_MARK, mark_pane
 
 
 class WriteGraph(beam.DoFn):
     """(tenant, (kind, payload)) -> written (or spilled) graph batches; counts them."""
 
-    def __init__(self, spec: GraphSpec, run_id: str):
-        self.spec, self.run_id = spec, run_id
+    def __init__(self, spec: GraphSpec, run_id: str, mark_dir: str | None = None):
+        self.spec, self.run_id, self.mark_dir = spec, run_id, mark_dir
 
     def setup(self):
         self.sink = GraphSink(self.spec).open()
@@ -36,6 +37,9 @@ class WriteGraph(beam.DoFn):
         else:
             ok = self.sink.write_prediction(payload)
         counters.inc(self.run_id, f"graph.{'written' if ok else 'spilled'}.{kind}")
+        if self.mark_dir is not None and kind == "prediction":  # written or spilled: durable
+            mark_pane(self.mark_dir, GRAPH_MARK, payload["tenant"], int(payload["window_start"]),
+                      int(payload["pane_index"]))
         for name in ("agent_rows", "call_rows", "agent_rows_skipped", "call_rows_skipped"):
             n = self.sink.stats[name] - before[name]
             if n:
@@ -55,18 +59,20 @@ def _tag(kind: str, tenant_of):
 
 class GraphStage(beam.PTransform):
     """Writes ``{"snapshot": snapshots, "topology": feature rows (WindowFeatures, vector),
-    "prediction": prediction rows}`` (any subset) to the graph."""
+    "prediction": prediction rows}`` (any subset) to the graph. With ``mark_dir`` (a
+    crash-safe run), each prediction written or spilled leaves a marker for the source's
+    ledger (``pipelines.source_ledger.GRAPH_MARK``)."""
 
     TENANT = {"snapshot": lambda s: s.tenant, "topology": lambda r: r[0].tenant,
               "prediction": lambda p: p["tenant"]}
 
-    def __init__(self, spec: GraphSpec, run_id: str):
+    def __init__(self, spec: GraphSpec, run_id: str, mark_dir: str | None = None):
         super().__init__()
-        self.spec, self.run_id = spec, run_id
+        self.spec, self.run_id, self.mark_dir = spec, run_id, mark_dir
 
     def expand(self, inputs: dict):
         parts = [pcoll | f"Tag{kind.title()}" >> beam.Map(_tag(kind, self.TENANT[kind]))
                  | f"Global{kind.title()}" >> beam.WindowInto(window.GlobalWindows())
                  for kind, pcoll in sorted(inputs.items())]
         merged = tuple(parts) | "Merge" >> beam.Flatten()
-        return merged | "Write" >> beam.ParDo(WriteGraph(self.spec, self.run_id))
+        return merged | "Write" >> beam.ParDo(WriteGraph(self.spec, self.run_id, self.mark_dir))

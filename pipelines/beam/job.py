@@ -33,6 +33,7 @@ from pipelines.beam.predict import PredictionStage, WritePredictions
 from pipelines.beam.transforms import WindowedSnapshots, WriteDeadLetters, WriteSnapshots
 from pipelines.graph.sink import GraphSpec
 from pipelines.inference import PredictorSpec
+from pipelines.source_ledger import GRAPH_MARK
 from pipelines.stream_source import (
     INPUT_SUFFIXES,
     DeadLetters,
@@ -155,7 +156,7 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
     if graph is not None:  # predictions plus topology to Neo4j / the embedded Bolt server
         parts = {"snapshot": snaps, "topology": rows, "prediction": preds}
         {k: v for k, v in parts.items() if v is not None} | "Graph" >> GraphStage(
-            replace(graph, state_key=run_id), run_id)
+            replace(graph, state_key=run_id), run_id, out_dir if resume else None)
     return snaps
 
 
@@ -257,7 +258,8 @@ def run_landing(source: LandingDirectory, out_dir: str, extractor: FeatureExtrac
     """Streaming run over a landing directory until the source ends. A source with a ledger
     (``out_dir``) is told which outputs a final window needs, and the summary is then the
     reconciliation over every run into ``out_dir``."""
-    source.outputs = tuple(k for k, on in (("features", extractor), ("predictions", predictor)) if on)
+    source.outputs = tuple(k for k, on in (("features", extractor), ("predictions", predictor),
+                                           (GRAPH_MARK, predictor and graph)) if on)
     summary = run_live(source.events(), source.stats, source.spec, out_dir, extractor, predictor,
                        graph, consensus, source.final_windows if source.ledger is not None else None)
     history = source.finish()

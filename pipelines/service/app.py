@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.config import ApiConfig, RunConfig
 from pipelines.service import outputs
-from pipelines.service.metrics import ServiceMetrics, ledger_families, risk_family
+from pipelines.service.metrics import ServiceMetrics, ledger_families, restart_families, risk_family
 from pipelines.service.models import Problem
 from pipelines.service.routers import health, incidents, ingest, tenants
 from pipelines.service.runtime import ServicePaths, ServiceRuntime
@@ -59,6 +59,7 @@ def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
         grpc_server = None
         if start_runtime:
             state.runtime = ServiceRuntime(api, run, log).start()
+            state.metrics.add_source(lambda: restart_families(state.runtime.restarts))
             if state.runtime.alerts is not None:
                 state.metrics.add_source(state.runtime.alerts.metric_families)
             if api.grpc_port is not None:

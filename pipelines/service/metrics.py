@@ -74,3 +74,12 @@ def risk_family(verdicts: dict[str, dict | None]) -> list:
             for status in STATUSES:
                 s.add_metric([tenant, status], float(v.get("status", OK) == status))
     return [g, s]
+
+
+def restart_families(restarts: dict[str, int]) -> list:
+    """How often the service started a child again after it died, by child."""
+    c = CounterMetricFamily("aura_service_child_restarts", "Children of the service started again "
+                            "after they died, by child", labels=["child"])
+    for child in ("spool-worker", "job"):
+        c.add_metric([child], restarts.get(child, 0))
+    return [c]

@@ -47,10 +47,20 @@ class Child:
             return ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+    so a service killed outright leaves no worker behind to race its successor."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None = None,
           drop_env_prefix: str | None = None) -> Child:
     """Start ``python -m ...`` args as a child with stdout and stderr in ``log_dir/name.log``;
-    its environment is ours plus ``env``, without variables starting with ``drop_env_prefix``."""
+    its environment is ours plus ``env``, without variables starting with ``drop_env_prefix``.
+    The child dies with this process."""
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
     child_env = {k: v for k, v in os.environ.items()
@@ -59,7 +69,8 @@ def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None =
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it; closed below once inherited
     try:
         proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_env)
+                                stdin=subprocess.DEVNULL, env=child_env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     finally:
         log.close()
     return Child(name, proc, log_path)
@@ -72,3 +83,22 @@ def wait_until(check, timeout_s: float, interval_s: float = 0.1) -> bool:
             return True
         time.sleep(interval_s)
     return check()
+
+
+def kill_stale(pids: dict[str, int], marker: str = "pipelines.") -> list[str]:
+    """SIGKILL the processes a killed predecessor left (``name -> pid``), if they still run
+    our code (their command line names ``marker``: a recycled PID is left alone)."""
+    killed = []
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{name} (pid {pid})")
+            except ProcessLookupError:
+                pass
+    return killed

@@ -1,5 +1,8 @@
 """What runs beside the service's HTTP handlers: the spool worker, the streaming job, the
-graph server and the alert service; started together, stopped in order by PID.
+graph server and the alert service; started together, stopped in order by PID, and
+supervised: a child that dies is started again (with back-off), and each one picks up where
+its predecessor stopped (the spool worker's and the job's ledgers). Children die with the
+service; the PIDs of a killed service's children (``_children.json``) are reaped at start.
 
 Layout of ``data_dir``: ``spool/`` (accepted OTLP requests), ``ingest/`` (the spool worker's
 ledger and span dead letters), ``landing/`` (telemetry files for the streaming job),
@@ -10,12 +13,20 @@ configuration), ``logs/`` (children's output).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from pipelines.config import ApiConfig, RunConfig, run_config_toml
-from pipelines.service.processes import Child, spawn, wait_until
+from pipelines.service.durable import write_durably
+from pipelines.service.processes import Child, kill_stale, spawn, wait_until
+
+CHILDREN = "_children.json"
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,22 +78,76 @@ class ServiceRuntime:
         self._driver = None
         self._stack = contextlib.ExitStack()
         self.alerts = None
+        self.restarts: Counter = Counter()  # child -> times started again after it died
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._job_args: tuple[list[str], dict[str, str]] | None = None
 
     def start(self) -> ServiceRuntime:
+        stale = self._read_children()
+        if stale:  # a killed service's children would race ours for the spool and the landing dir
+            for who in kill_stale(stale):
+                self.log(f"aura api: stopped {who}, left running by a service that was killed")
         for stop in (os.path.join(self.paths.spool, "_STOP"), os.path.join(self.paths.landing, "_STOP")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stop)  # left by the last clean shutdown
+        self.worker = self._spawn_worker()
+        if self.api.start_job:
+            self._start_job()
+        self._write_children()
+        self._start_alerts()
+        self._watcher = threading.Thread(target=self._watch, name="aura-supervisor", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _spawn_worker(self) -> Child:
         a = self.api
         args = ["-m", "pipelines.service.spool_worker", "--spool", self.paths.spool,
                 "--landing", self.paths.landing, "--ingest-dir", self.paths.ingest,
                 "--default-tenant", a.default_tenant, "--grace", str(a.grace_s),
                 "--idle-flush", str(a.idle_flush_s)]
-        self.worker = spawn("spool-worker", args, self.paths.logs)
-        self.log(f"aura api: spool worker pid {self.worker.pid}")
-        if a.start_job:
-            self._start_job()
-        self._start_alerts()
-        return self
+        child = spawn("spool-worker", args, self.paths.logs)
+        self.log(f"aura api: spool worker pid {child.pid}")
+        return child
+
+    # -- supervision ---------------------------------------------------------------------
+    @property
+    def _children_path(self) -> str:
+        return os.path.join(self.paths.root, CHILDREN)
+
+    def _read_children(self) -> dict[str, int]:
+        try:
+            with open(self._children_path) as fh:
+                return {k: int(v) for k, v in json.load(fh).items()}
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _write_children(self) -> None:
+        pids = {c.name: c.pid for c in (self.worker, self.job) if c is not None}
+        write_durably(self.paths.root, CHILDREN, json.dumps(pids).encode())
+
+    def _watch(self) -> None:
+        """Start again any child that died (not while stopping), waiting 1, 2, 4 ... 30 s
+        between attempts for a child that keeps dying."""
+        due: dict[str, float] = {}
+        while not self._stopping.wait(0.5):
+            for name in ("worker", "job"):
+                child: Child | None = getattr(self, name)
+                if child is None or child.alive() or self._stopping.is_set():
+                    continue
+                now = time.monotonic()
+                if name not in due:
+                    wait = min(MAX_BACKOFF_S, 2.0 ** min(self.restarts[child.name], 5) / 2)
+                    due[name] = now + wait
+                    self.log(f"aura api: {child.name} (pid {child.pid}) exited with "
+                             f"{child.process.returncode}; starting it again in {wait:.0f} s\n"
+                             f"{child.log_tail(8)}")
+                if now < due[name]:
+                    continue
+                del due[name]
+                self.restarts[child.name] += 1
+                setattr(self, name, self._spawn_worker() if name == "worker" else self._spawn_job())
+                self._write_children()
 
     def _start_job(self) -> None:
         env = {}
@@ -97,13 +162,18 @@ class ServiceRuntime:
         toml = os.path.join(self.paths.root, "run.toml")
         with open(toml, "w") as fh:
             fh.write(run_config_toml(replace(run, graph_password=None)))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._running_file)
         # run.toml is the job's whole, resolved configuration: AURA_RUN_* must not override it again
         # (the service forced landing and out, which the environment could otherwise move)
-        self.job = spawn("job", ["-m", "pipelines.cli", "run", "--config", toml, "--no-progress"],
-                         self.paths.logs, env, drop_env_prefix="AURA_RUN_")
-        self.log(f"aura api: streaming job pid {self.job.pid} (landing {run.landing}, out {run.out})")
+        self._job_args = (["-m", "pipelines.cli", "run", "--config", toml, "--no-progress"], env)
+        self.job = self._spawn_job()
+
+    def _spawn_job(self) -> Child:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._running_file)
+        args, env = self._job_args
+        child = spawn("job", args, self.paths.logs, env, drop_env_prefix="AURA_RUN_")
+        self.log(f"aura api: streaming job pid {child.pid} (landing {self.run.landing}, out {self.run.out})")
+        return child
 
     def _start_alerts(self) -> None:
         from pipelines.service.alerting import start_alerts
@@ -153,6 +223,9 @@ class ServiceRuntime:
         whether everything finished by itself in time."""
         timeout_s = self.api.drain_timeout_s
         clean = True
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
         if self.worker is not None:
             open(os.path.join(self.paths.spool, "_STOP"), "w").close()
             if self.worker.wait(timeout_s) is None:
@@ -171,4 +244,6 @@ class ServiceRuntime:
         if self._driver is not None:
             self._driver.close()
         self._stack.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._children_path)
         return clean
