@@ -1,5 +1,5 @@
-"""The service supervises its children: ``aura api`` as a process, its streaming job and
-spool worker killed with SIGKILL are started again (with their ledgers they carry on); the
+"""The service supervises its children: ``aura api`` as a process, its streaming job, spool
+worker and embedded graph server killed with SIGKILL are started again (with their ledgers they carry on); the
 service itself killed with SIGKILL takes its children with it, and a new service on the same
 data directory reaps whatever a killed one left and starts cleanly."""
 
@@ -54,7 +54,7 @@ def api(tmp_path):
     procs: list[ApiProcess] = []
 
     def start() -> ApiProcess:
-        p = ApiProcess(str(tmp_path / "svc"), (), {"AURA_RUN_GRAPH": "false"}).start()
+        p = ApiProcess(str(tmp_path / "svc")).start()  # with the embedded graph server
         procs.append(p)
         return p
 
@@ -67,8 +67,8 @@ def test_dead_children_are_started_again_and_die_with_the_service(api, tmp_path)
     svc = api()
     data = svc.data_dir
     first = _children(data)
-    assert set(first) == {"spool-worker", "job"}
-    for name in ("job", "spool-worker"):
+    assert set(first) == {"spool-worker", "job", "graph"}
+    for name in ("job", "spool-worker", "graph"):
         before = _children(data)[name]
         os.kill(before, signal.SIGKILL)
         t0 = time.monotonic()
@@ -78,16 +78,23 @@ def test_dead_children_are_started_again_and_die_with_the_service(api, tmp_path)
         assert _restarts(svc.url, name) == 1
         assert not _alive(before)
 
-    # the service killed outright: its children go with it
+    # the service killed outright: its workers go with it; the graph server (a session of
+    # its own) is reaped by the next service on this data directory
     kids = _children(data)
     svc.proc.kill()
     svc.proc.wait()
-    assert wait_until(lambda: not any(_alive(p) for p in kids.values()), 10), kids
-
-    # a stale child from a killed service (one that did not die with it) is reaped at start
+    workers = [kids["job"], kids["spool-worker"]]
+    assert wait_until(lambda: not any(_alive(p) for p in workers), 10), kids
+    assert _alive(kids["graph"])
     stale = subprocess.Popen([sys.executable, "-c", "import time  # pipelines.stale\ntime.sleep(120)"])
     with open(os.path.join(data, CHILDREN), "w") as fh:
-        json.dump({"spool-worker": stale.pid}, fh)
+        json.dump({"spool-worker": stale.pid, "graph": kids["graph"]}, fh)
     again = api()
-    assert stale.wait(timeout=10) == -signal.SIGKILL
+    assert stale.wait(timeout=10) == -signal.SIGKILL and not _alive(kids["graph"])
+
+    # a child started again by the supervisor still drains on a clean stop
+    job = _children(data)["job"]
+    os.kill(job, signal.SIGKILL)
+    assert wait_until(lambda: _children(data)["job"] != job, 60)
+    assert wait_until(lambda: _ready(again.url), 120)
     assert again.stop(120) == 0 and not os.path.exists(os.path.join(data, CHILDREN))

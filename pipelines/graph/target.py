@@ -56,9 +56,10 @@ def _spec(s: GraphSettings, uri: str, user: str, password: str, out_dir: str) ->
 
 @contextmanager
 def open_graph(settings: GraphSettings, out_dir: str, replay: bool = True,
-               log=print) -> Iterator[GraphSpec]:
+               log=print, on_server=None) -> Iterator[GraphSpec]:
     """A GraphSpec for the run: the configured server, or the embedded one started here
-    (and stopped by PID on exit). Batches spilled by an earlier run are replayed first."""
+    (and stopped by PID on exit; ``on_server`` is told of it). Batches spilled by an earlier
+    run are replayed first."""
     s = settings.resolved()
     server = None
     if s.uri:
@@ -68,6 +69,8 @@ def open_graph(settings: GraphSettings, out_dir: str, replay: bool = True,
         log(f"graph: embedded ArcadeDB Bolt server (pid {server.process.pid}) on {server.uri}, "
             f"data in {graph_dir(out_dir)}")
         spec = _spec(s, server.uri, *server.auth, out_dir)
+        if on_server is not None:
+            on_server(server)
     try:
         if replay and pending_batches(spec.spill_path):
             sink = GraphSink(spec)

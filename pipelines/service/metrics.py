@@ -80,6 +80,6 @@ def restart_families(restarts: dict[str, int]) -> list:
     """How often the service started a child again after it died, by child."""
     c = CounterMetricFamily("aura_service_child_restarts", "Children of the service started again "
                             "after they died, by child", labels=["child"])
-    for child in ("spool-worker", "job"):
+    for child in ("spool-worker", "job", "graph"):
         c.add_metric([child], restarts.get(child, 0))
     return [c]

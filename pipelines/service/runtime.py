@@ -80,8 +80,11 @@ class ServiceRuntime:
         self.alerts = None
         self.restarts: Counter = Counter()  # child -> times started again after it died
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # held while the supervisor starts a child again
         self._watcher: threading.Thread | None = None
         self._job_args: tuple[list[str], dict[str, str]] | None = None
+        self.graph_server = None  # the embedded Bolt server, when the service started one
+        self._graph_replacement = None  # a server started again after the first one died
 
     def start(self) -> ServiceRuntime:
         stale = self._read_children()
@@ -122,8 +125,13 @@ class ServiceRuntime:
         except (FileNotFoundError, ValueError):
             return {}
 
+    def _embedded(self, server) -> None:
+        self.graph_server = server
+
     def _write_children(self) -> None:
         pids = {c.name: c.pid for c in (self.worker, self.job) if c is not None}
+        if self.graph_server is not None and self.graph_server.process is not None:
+            pids["graph"] = self.graph_server.process.pid  # its own session: it outlives a killed service
         write_durably(self.paths.root, CHILDREN, json.dumps(pids).encode())
 
     def _watch(self) -> None:
@@ -131,23 +139,51 @@ class ServiceRuntime:
         between attempts for a child that keeps dying."""
         due: dict[str, float] = {}
         while not self._stopping.wait(0.5):
-            for name in ("worker", "job"):
-                child: Child | None = getattr(self, name)
-                if child is None or child.alive() or self._stopping.is_set():
-                    continue
-                now = time.monotonic()
-                if name not in due:
-                    wait = min(MAX_BACKOFF_S, 2.0 ** min(self.restarts[child.name], 5) / 2)
-                    due[name] = now + wait
-                    self.log(f"aura api: {child.name} (pid {child.pid}) exited with "
-                             f"{child.process.returncode}; starting it again in {wait:.0f} s\n"
-                             f"{child.log_tail(8)}")
-                if now < due[name]:
-                    continue
-                del due[name]
-                self.restarts[child.name] += 1
-                setattr(self, name, self._spawn_worker() if name == "worker" else self._spawn_job())
-                self._write_children()
+            with self._lock:
+                if not self._stopping.is_set():
+                    self._watch_once(due)
+        # children started here die when this thread ends (PR_SET_PDEATHSIG): it never does
+        threading.Event().wait()
+
+    def _watch_once(self, due: dict[str, float]) -> None:
+        """One look at every child: start again those that died and whose back-off is over."""
+        for name in ("worker", "job"):
+            child: Child | None = getattr(self, name)
+            if child is None or child.alive():
+                continue
+            now = time.monotonic()
+            if name not in due:
+                wait = min(MAX_BACKOFF_S, 2.0 ** min(self.restarts[child.name], 5) / 2)
+                due[name] = now + wait
+                self.log(f"aura api: {child.name} (pid {child.pid}) exited with "
+                         f"{child.process.returncode}; starting it again in {wait:.0f} s\n"
+                         f"{child.log_tail(8)}")
+            if now < due[name]:
+                continue
+            del due[name]
+            self.restarts[child.name] += 1
+            setattr(self, name, self._spawn_worker() if name == "worker" else self._spawn_job())
+            self._write_children()
+        self._watch_graph()
+
+    def _watch_graph(self) -> None:
+        """The embedded graph server died: start it again on the same port and data (the
+        job's sink spills meanwhile and delivers the spill when it is back)."""
+        srv = self.graph_server
+        if srv is None or srv.process is None or srv.process.poll() is None or self._stopping.is_set():
+            return
+        from pipelines.graph.server import EmbeddedGraphServer
+
+        self.log(f"aura api: graph server (pid {srv.process.pid}) exited with {srv.process.returncode}; "
+                 f"starting it again on port {srv.bolt_port}")
+        self.restarts["graph"] += 1
+        try:
+            new = EmbeddedGraphServer(srv.root, bolt_port=srv.bolt_port, password=srv.password).start()
+        except (RuntimeError, TimeoutError) as err:
+            self.log(f"aura api: graph server did not start again: {err}")
+            return
+        self.graph_server = self._graph_replacement = new
+        self._write_children()
 
     def _start_job(self) -> None:
         env = {}
@@ -155,7 +191,8 @@ class ServiceRuntime:
         if run.graph:
             from pipelines.graph.target import open_graph
 
-            spec = self._stack.enter_context(open_graph(run.graph_settings(), run.out, log=self.log))
+            spec = self._stack.enter_context(open_graph(run.graph_settings(), run.out, log=self.log,
+                                                        on_server=self._embedded))
             self.graph_uri, self._graph_auth = spec.uri, (spec.user, spec.password)
             run = replace(run, graph_uri=spec.uri, graph_user=spec.user, graph_database=spec.database)
             env["NEO4J_PASSWORD"] = spec.password  # never written to run.toml
@@ -224,8 +261,8 @@ class ServiceRuntime:
         timeout_s = self.api.drain_timeout_s
         clean = True
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join()
+        with self._lock:  # no child is being started again from here on
+            pass
         if self.worker is not None:
             open(os.path.join(self.paths.spool, "_STOP"), "w").close()
             if self.worker.wait(timeout_s) is None:
@@ -244,6 +281,8 @@ class ServiceRuntime:
         if self._driver is not None:
             self._driver.close()
         self._stack.close()
+        if self._graph_replacement is not None:
+            self._graph_replacement.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._children_path)
         return clean
