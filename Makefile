@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean serve triton-venv flink-udf debs api
+.PHONY: demo test test-slow bench chaos lint clean serve triton-venv flink-udf debs api
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_generalisation.py --models models/cascade_cfc_v1,models/cascade_cfc
 	$(BIN)/python bench/bench_localisation.py --seeds 0-47 --agents 60,100,150
 	$(BIN)/python bench/bench_closed_loop.py --val 36 --test 48
+	$(BIN)/python bench/bench_chaos.py --load 150
+
+# the whole service under load, each component killed once (bench/bench_chaos.py)
+chaos: $(STAMP) $(ALERTMANAGER)
+	$(BIN)/python bench/bench_chaos.py --load 150 --json output/chaos.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -838,6 +839,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stopped(a: argparse.Namespace, err: BaseException) -> int:
+    """A streaming job that failed (a full disk, a dead dependency): say why in one line and
+    how to go on; what was not final stays in the landing directory (docs/GUARANTEES.md)."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    why = lines[-1] if lines else type(err).__name__
+    print(f"aura run: error: the streaming job stopped: {why}\n"
+          f"aura run: files whose windows were not final stay in {a.landing or 'the landing directory'}; "
+          f"run the same command "
+          f"again once this is fixed: the ledger in the output directory makes it lose nothing",
+          file=sys.stderr)
+    return 3
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     a = build_parser().parse_args(argv)
@@ -846,7 +860,12 @@ def main(argv: list[str] | None = None) -> int:
             simulate(a)
             return 0
         if a.command == "run":
-            summary = run_job(a)
+            try:
+                summary = run_job(a)
+            except (OSError, RuntimeError, sqlite3.Error) as err:
+                if not (a.landing or a.config) or isinstance(err, FileNotFoundError):
+                    raise
+                return _stopped(a, err)
             print(render_summary(summary))
             return 0 if summary.reconciles else 1
         if a.command == "demo":

@@ -84,6 +84,7 @@ class WebhookReceiver:
     def __init__(self):
         self.bodies: list[dict] = []
         self.received_at: list[float] = []  # wall time of each body, same order
+        self.keys: list[str | None] = []  # each request's Idempotency-Key header, same order
         self.cond = threading.Condition()
         receiver = self
 
@@ -92,6 +93,7 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.cond:
                     receiver.received_at.append(time.time())
+                    receiver.keys.append(self.headers.get("Idempotency-Key"))
                     receiver.bodies.append(json.loads(body))
                     receiver.cond.notify_all()
                 self.send_response(200)

@@ -4,6 +4,7 @@ received are sealed at once (the aggregator's idle rule), which these tests do n
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -56,3 +57,23 @@ def test_a_restarted_worker_rereads_what_it_had_not_released(tmp_path):
     again = SpoolWorker(spool, landing, ingest, grace_s=30.0)  # the first one "died"
     again.step(flush=True)
     assert s.pending() == [] and sum(r["request_count"] for r in _landed(landing)) > 0
+    led = read_ledger(ingest)  # the request and its spans counted once across both
+    assert led["requests"] == 1 and led["spans_received"] == led["spans_in_records"] == 64
+
+
+def test_a_ledger_from_before_crash_safety_is_carried_on(tmp_path):
+    spool, landing, ingest = (str(tmp_path / d) for d in ("spool", "landing", "ingest"))
+    os.makedirs(ingest)
+    old = {"requests": 3, "spans_received": 30, "spans_in_records": 25, "spans_dead": {"late_span": 5},
+           "spans_dead_total": 5, "spans_pending": 0, "records_landed": 7, "files_landed": 2}
+    with open(os.path.join(ingest, "ledger.json"), "w") as fh:
+        json.dump(old, fh, indent=1)
+    Spool(spool).put(fleet_request(64, time.time() + 30, seed=1), "acme")
+    w = SpoolWorker(spool, landing, ingest, grace_s=1.0)
+    w.step(flush=True)
+    led = read_ledger(ingest)
+    assert led["requests"] == 4 and led["spans_received"] == 94 and led["spans_pending"] == 0
+    assert led["spans_dead"]["late_span"] == 5 and led["files_landed"] == 3
+    assert led["records_landed"] == 7 + len(_landed(landing))
+    landed = [n for n in os.listdir(landing) if not n.startswith("_")]
+    assert landed == [f"spans-{w.ledger.epoch}-0000000001.ndjson"]  # one pass, one batch

@@ -35,6 +35,7 @@ import numpy as np
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 
+from pipelines import failpoints
 from pipelines.alerts.mechanism import LOAD_REDISTRIBUTION, LOSS, TRACKED, UNKNOWN, Baseline, classify
 from pipelines.alerts.policy import DEGRADED, HEALTHY, UNHEALTHY, AlertPolicy
 from pipelines.calibration import OK
@@ -273,6 +274,7 @@ class IncidentWorkflow:
                     undo = self._rollback(s, old, f"superseded by {doc['id']}")
                     self._deliver(s, undo, actions, deliveries, rnd)
             self._deliver(s, Intervention.from_dict(doc), actions, deliveries, rnd)
+        failpoints.hit("workflow.acted")  # delivered, not yet checkpointed: a restart acts again
         done = [d["status"] for d in deliveries[len(s["deliveries"]):]]
         return {"plan": [], "actions": actions, "deliveries": deliveries, "round": rnd, "route": "verify",
                 "verify": self._verify_start(Assessment(**s["assessment"]), rnd),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import orjson
@@ -205,6 +206,26 @@ class SpanAggregator:
         """Sources (``add``'s ``source``) with spans in a second not sealed yet."""
         return {src for st in self._tenants.values() for src, j in st.src_max.items() if j > st.sealed_upto}
 
+    def seal_state(self) -> dict:
+        """What sealing depends on, JSON-ready: per tenant (highest sealed bucket, latest span end
+        ns, the buckets the span-id generations started at) and the latest receive time. With
+        ``restore_seal_state`` and the pending spans ``add``-ed again (``replay``), a restarted
+        aggregator seals the same seconds at the same moments as one that never stopped."""
+        return {"max_received_ns": self._max_received_ns,
+                "tenants": {name: [st.sealed_upto, st.max_end_ns, st.index_gen, st.waiting_gen]
+                            for name, st in sorted(self._tenants.items())}}
+
+    def restore_seal_state(self, state: dict) -> None:
+        """Start from ``seal_state`` of an earlier aggregator (this one fresh): spans of the
+        seconds it sealed are late (or, in a ``replay``, skipped)."""
+        if self._received or self._requests:
+            raise RuntimeError("restore_seal_state needs a fresh aggregator")
+        self._max_received_ns = int(state.get("max_received_ns", 0))
+        for name, (upto, max_end, index_gen, waiting_gen) in state.get("tenants", {}).items():
+            st = self._tenants[name] = _Tenant()
+            st.sealed_upto, st.max_end_ns = int(upto), int(max_end)
+            st.index_gen, st.waiting_gen = int(index_gen), int(waiting_gen)
+
     def watermark(self, tenant: str) -> float | None:
         """A tenant's event-time watermark (epoch seconds), None before its first span."""
         st = self._tenants.get(tenant)
@@ -244,10 +265,15 @@ class SpanAggregator:
         return got
 
     def add(self, req: ExportTraceServiceRequest, source: str, tenant: str | None = None,
-            received_s: float | None = None) -> None:
+            received_s: float | None = None, replay: Collection[int] | None = None) -> None:
         """Take every span of one export request (``source`` names it in dead letters and in
         ``pending_sources``). Tenant: resource attribute ``aura.tenant``, else ``tenant``, else
-        the default. ``received_s``: when the request was received (epoch seconds), optional."""
+        the default. ``received_s``: when the request was received (epoch seconds), optional.
+
+        ``replay``: the request is read again after a restart (``restore_seal_state``) and these
+        are the positions dead-lettered when it was first read. Those spans, and the spans of
+        seconds already sealed (they are in landed records), are skipped without being counted;
+        the others (the spans that were pending) are taken as usual."""
         self._requests += 1
         limit_ns = None
         if received_s is not None:
@@ -267,6 +293,10 @@ class SpanAggregator:
             for ss in rs.scope_spans:
                 spans = ss.spans
                 n = len(spans)
+                if replay is not None:
+                    self._replay_spans(st, t_name, spans, svc, limit_ns, source, pos, ss, replay)
+                    pos += n
+                    continue
                 self._received += n
                 if st is None:
                     for span in spans:
@@ -276,6 +306,22 @@ class SpanAggregator:
                 elif n:
                     self._add_spans(st, spans, svc, limit_ns, source, pos, ss.SerializeToString())
                     pos += n
+
+    def _replay_spans(self, st: _Tenant | None, t_name: str, spans, svc: str, limit_ns: int | None,
+                      source: str, pos: int, ss, skip: Collection[int]) -> None:
+        """``add`` of one scope of a request read again (rare: only after a restart), span by span."""
+        blob = None
+        for p, span in enumerate(spans, start=pos):
+            if p in skip or (st is not None and span.end_time_unix_nano // self._b <= st.sealed_upto):
+                continue
+            self._received += 1
+            if st is None:
+                self._die(INVALID_TENANT, f"tenant {t_name[:80]!r} does not match "
+                          f"{self._tenant_re.pattern}", source, p, span)
+                continue
+            if blob is None:
+                blob = ss.SerializeToString()
+            self._add_spans(st, (span,), svc, limit_ns, source, p, blob)
 
     def _add_spans(self, st: _Tenant, spans, svc: str, limit_ns: int | None, source: str, pos: int,
                    blob: bytes) -> None:
