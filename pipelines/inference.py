@@ -154,17 +154,37 @@ def history_step(state: TenantHistory | None, start_ms: int, end_s: float, vecto
     return x, dt, TenantHistory(updated, base), calibration.status(base, x)
 
 
+class TritonError(RuntimeError):
+    """A Triton call that failed: names the server, the model and Triton's own error."""
+
+    def __init__(self, message: str, *, url: str, model: str, status: str | None, transient: bool,
+                 attempts: int, elapsed_s: float):
+        super().__init__(message)
+        self.url, self.model, self.status, self.transient = url, model, status, transient
+        self.attempts, self.elapsed_s = attempts, elapsed_s
+
+
+# Triton answers that another attempt may cure (server restarting, overloaded, timed out);
+# anything else it answered (no such model, bad input, the model raised) is final.
+_TRANSIENT_STATUS = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
+                     "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.ABORTED", "429", "502", "503", "504"}
+
+
 class TritonPredictor(ModelHandler):
-    """tritonclient over gRPC or HTTP, with a timeout per call and retries with backoff."""
+    """tritonclient over gRPC or HTTP, bounded in time: ``timeout_s`` per request, retries
+    with backoff only for transient failures (unreachable, timed out, overloaded) and none
+    that could end past ``give_up_s``. Failures raise ``TritonError`` naming the server URL,
+    the model and Triton's error; after a transient one the next call reconnects."""
 
     def __init__(self, url: str, protocol: str = "grpc", model_name: str = "cascade_cfc",
                  model_dir: str = DEFAULT_MODEL_DIR, timeout_s: float = 5.0, retries: int = 3,
-                 backoff_s: float = 0.1):
+                 backoff_s: float = 0.1, give_up_s: float = 12.0):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.url, self.protocol, self.model_name = url, protocol, model_name
         self.info = ModelInfo.load(model_dir)
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.give_up_s = give_up_s
         self._client = None
 
     def _module(self):
@@ -174,19 +194,38 @@ class TritonPredictor(ModelHandler):
             import tritonclient.http as mod
         return mod
 
-    def load_model(self):
-        """Connect and check the model is ready; a clear error when server or model is missing."""
+    def _connect(self):
         mod = self._module()
-        client = mod.InferenceServerClient(self.url) if self.protocol == "grpc" else \
-            mod.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
-                                      network_timeout=self.timeout_s)
+        if self.protocol == "grpc":
+            return mod.InferenceServerClient(self.url)
+        return mod.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
+                                         network_timeout=self.timeout_s)
+
+    def _kw(self) -> dict:
+        """Per-call timeout (gRPC; the HTTP client has it built in)."""
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+    def load_model(self):
+        """Connect and check the model is ready; a clear error when server or model is missing
+        (within ``timeout_s`` per check when the server does not answer)."""
+        client = self._connect()
         try:
-            live = client.is_server_live()
+            live = client.is_server_live(**self._kw())
         except Exception as err:  # noqa: BLE001 - any transport error means the same to the user
-            raise ConnectionError(f"no Triton server at {self.url} ({self.protocol}): {err}") from err
+            client.close()
+            raise ConnectionError(f"no Triton server at {self.url} ({self.protocol}): "
+                                  f"{_triton_text(err)}") from err
         if not live:
+            client.close()
             raise ConnectionError(f"Triton server at {self.url} is not live")
-        if not client.is_model_ready(self.model_name):
+        try:
+            ready = client.is_model_ready(self.model_name, **self._kw())
+        except Exception as err:  # noqa: BLE001
+            client.close()
+            raise ConnectionError(f"Triton at {self.url} ({self.protocol}) did not say whether model "
+                                  f"{self.model_name!r} is ready: {_triton_text(err)}") from err
+        if not ready:
+            client.close()
             raise LookupError(f"Triton at {self.url} has no ready model {self.model_name!r}")
         self._client = client
         return client
@@ -198,7 +237,6 @@ class TritonPredictor(ModelHandler):
             self._client = None
 
     def run_inference(self, features: np.ndarray, dt: np.ndarray, model=None) -> np.ndarray:
-        client = model or self._client or self.load_model()
         mod = self._module()
         x = np.ascontiguousarray(features, dtype=np.float32)
         d = np.ascontiguousarray(dt, dtype=np.float32)
@@ -207,19 +245,53 @@ class TritonPredictor(ModelHandler):
         inputs[0].set_data_from_numpy(x)
         inputs[1].set_data_from_numpy(d)
         outputs = [mod.InferRequestedOutput("probability")]
-        kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        for attempt in range(self.retries + 1):
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            client = model or self._client
             try:
-                result = client.infer(self.model_name, inputs, outputs=outputs, **kw)
+                if client is None:
+                    client = self._client = self._connect()
+                result = client.infer(self.model_name, inputs, outputs=outputs, **self._kw())
                 return result.as_numpy("probability")[:, 0]
-            except Exception:  # noqa: BLE001 - retried, then raised
-                if attempt == self.retries:
-                    raise
-                time.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+            except Exception as err:  # noqa: BLE001 - classified, retried or raised below
+                status = _triton_status(err)
+                transient = status in _TRANSIENT_STATUS if status else isinstance(err, OSError | TimeoutError)
+                if transient and model is None:
+                    self.close()  # reconnect: a gRPC channel would wait out its own reconnect backoff
+                pause = self.backoff_s * 2 ** (attempt - 1)
+                ends = time.monotonic() - start + pause + self.timeout_s  # the next attempt, at worst
+                if transient and attempt <= self.retries and ends <= self.give_up_s:
+                    time.sleep(pause)
+                    continue
+                raise self._error(err, status, transient, attempt, time.monotonic() - start) from err
+
+    def _error(self, err: BaseException, status: str | None, transient: bool, attempts: int,
+               elapsed: float) -> TritonError:
+        timed_out = (status == "StatusCode.DEADLINE_EXCEEDED"
+                     or (status is None and isinstance(err, TimeoutError)))
+        what = (f"no answer within {self.timeout_s:g} s (timeout_s)" if timed_out
+                else "unreachable" if transient and status in (None, "StatusCode.UNAVAILABLE")
+                else "inference failed")
+        return TritonError(f"Triton {self.protocol} at {self.url}, model {self.model_name!r}: {what} "
+                           f"({attempts} attempt(s) in {elapsed:.1f} s): {_triton_text(err)}",
+                           url=self.url, model=self.model_name, status=status, transient=transient,
+                           attempts=attempts, elapsed_s=elapsed)
 
     def describe(self) -> str:
         return f"Triton {self.protocol} at {self.url}, model {self.model_name}"
+
+
+def _triton_status(err: BaseException) -> str | None:
+    """Triton's status of a failed call (gRPC code or HTTP status), None for transport errors."""
+    status = getattr(err, "status", None)
+    return str(status()) if callable(status) and status() is not None else None
+
+
+def _triton_text(err: BaseException) -> str:
+    text = str(err) or "(no message)"
+    return text if type(err).__name__ in text else f"{type(err).__name__}: {text}"
 
 
 @dataclass(frozen=True)

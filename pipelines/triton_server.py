@@ -37,6 +37,7 @@ class TritonServer:
     server_venv: str = SERVER_VENV
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
+    model_py: str | None = None  # a python-backend model.py instead of triton_repo/local/model.py
     process: subprocess.Popen | None = None
 
     def _pytriton(self) -> str:
@@ -56,7 +57,7 @@ class TritonServer:
         os.makedirs(version, exist_ok=True)
         local = os.path.join(ROOT, "triton_repo", "local")
         shutil.copyfile(os.path.join(local, "config.pbtxt"), os.path.join(repo, MODEL_NAME, "config.pbtxt"))
-        shutil.copyfile(os.path.join(local, "model.py"), os.path.join(version, "model.py"))
+        shutil.copyfile(self.model_py or os.path.join(local, "model.py"), os.path.join(version, "model.py"))
         shutil.copyfile(os.path.join(self.model_dir, "model.onnx"), os.path.join(version, "model.onnx"))
         backend = os.path.join(self.workdir, "backends", "python")
         os.makedirs(backend, exist_ok=True)
@@ -112,6 +113,12 @@ class TritonServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests of the failure path)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def __enter__(self) -> TritonServer:
         return self.start()

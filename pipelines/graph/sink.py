@@ -9,6 +9,14 @@ with exponential backoff (or the server rejects the write outright), the batch i
 to the spill file (NDJSON) and counted; ``replay`` (``aura sink replay``, or the next run)
 delivers it later. Replaying is harmless: every statement is idempotent.
 
+Bounded in time: a server can accept TCP connections and never answer (a frozen or
+overloaded process, a black-holed port), and the driver has no read timeout on an open
+connection. So every attempt runs in a worker thread the caller waits for: an attempt
+that commits no transaction for ``stall_timeout_s`` is abandoned (its driver with it), no
+attempt starts after ``give_up_s``, and before its first transaction an attempt ends at
+that deadline too. One delivery against a silent server thus returns (spilled, the
+reason naming the timeout) within about ``give_up_s``.
+
 Change detection: per tenant, the values last written for each agent and CALLS edge (in a
 ``SinkState`` shared by the sinks of one process). A row is written when it is new, when a
 value moved by more than ``epsilon * max(1, |old|)``, when its window is earlier than any
@@ -64,7 +72,9 @@ class GraphSpec:
     retries: int = 3  # attempts after the first, backoff_s * 2**i apart
     backoff_s: float = 0.5
     retry_time_s: float = 3.0  # the driver's own retry budget inside execute_write
-    connect_timeout_s: float = 3.0
+    connect_timeout_s: float = 3.0  # TCP connect; the Bolt handshake gets 2 s more
+    stall_timeout_s: float = 15.0  # an attempt that commits no transaction this long is abandoned
+    give_up_s: float = 20.0  # no attempt starts after this; a silent server costs at most this long
     cooldown_s: float = 5.0  # after a spill, batches go straight to the spill file this long
     latency_ref_ms: float = 50.0
     timeout_ms: float = 1000.0
@@ -232,18 +242,46 @@ class GraphUnavailable(RuntimeError):
     """The graph server could not take a batch (and no spill file is configured)."""
 
 
+class GraphTimeout(TimeoutError):
+    """The graph server did not answer in time (an attempt was abandoned)."""
+
+
+def _timed_out(err: BaseException | None) -> bool:
+    """True when an error (or one it was raised from) is a timeout."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, TimeoutError):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+class _Progress:
+    """What a running attempt has done: committed transactions and when the last one was."""
+
+    def __init__(self):
+        self.at = time.monotonic()
+        self.done = 0
+
+    def tick(self) -> None:
+        self.done += 1
+        self.at = time.monotonic()
+
+
 class GraphSink:
     """Batched idempotent writer (module doc). ``stats`` counts what it did."""
 
     def __init__(self, spec: GraphSpec, driver=None, state: SinkState | None = None):
         self.spec = spec
         self._driver = driver
+        self._owns_driver = driver is None
         self.state = state or SinkState.shared(spec.state_key)
         self.stress = StressFiltration(spec.latency_ref_ms, spec.timeout_ms)
         self.stats: Counter = Counter()
         self.errors: list[str] = []
         self._schema_applied = False
         self._down_until = 0.0
+        self._last_failure = ""
         self._spill_lock = threading.Lock()
 
     # -- connection ---------------------------------------------------------------------
@@ -254,16 +292,18 @@ class GraphSink:
         return self._driver
 
     def open(self) -> GraphSink:
-        """Connect and apply the constraints; an unreachable server is not fatal here."""
+        """Connect and apply the constraints; an unreachable server is not fatal here (and
+        a silent one costs at most ``give_up_s``)."""
         try:
-            self.apply_schema()
+            self._bounded(lambda driver, progress: self.apply_schema(driver),
+                          time.monotonic() + self.spec.give_up_s)
         except Exception as err:  # noqa: BLE001 - reported when a batch fails too
-            self.errors.append(f"schema: {type(err).__name__}: {err}")
+            self.errors.append(f"schema: {self._reason(err)}")
         return self
 
-    def apply_schema(self) -> None:
+    def apply_schema(self, driver=None) -> None:
         """Constraints and indexes (``schemas/graph.v1.cypher``); idempotent."""
-        with self.driver.session(database=self.spec.database) as session:
+        with (driver or self.driver).session(database=self.spec.database) as session:
             for stmt in S.constraint_statements():
                 session.run(stmt).consume()
         self._schema_applied = True
@@ -272,6 +312,58 @@ class GraphSink:
         if self._driver is not None:
             self._driver.close()
             self._driver = None
+
+    def _abandon_driver(self, driver) -> None:
+        """Drop a driver whose connection is stuck on a silent server: the next attempt
+        connects afresh. Closed in the background (closing can block on that connection)."""
+        if self._driver is driver:
+            self._driver = None
+            self._schema_applied = False
+        if self._owns_driver:
+            threading.Thread(target=driver.close, name="graph-sink-abandon", daemon=True).start()
+
+    def _bounded(self, work, deadline: float) -> None:
+        """Run ``work(driver, progress)`` in a worker thread and wait for it: abandoned (its
+        driver with it: ``GraphTimeout``) after ``stall_timeout_s`` without a committed
+        transaction, or at ``deadline`` while none is committed yet."""
+        driver, progress = self.driver, _Progress()
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                work(driver, progress)
+                outcome.append(None)
+            except BaseException as err:  # noqa: BLE001 - handed to the waiting caller
+                outcome.append(err)
+
+        def limit() -> float:
+            stall = progress.at + self.spec.stall_timeout_s
+            return stall if progress.done else min(stall, deadline)
+
+        worker = threading.Thread(target=run, name="graph-sink-write", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(max(0.0, limit() - time.monotonic()))
+            if worker.is_alive() and time.monotonic() >= limit():
+                self._abandon_driver(driver)
+                if time.monotonic() - progress.at >= self.spec.stall_timeout_s:
+                    waited = f"for {self.spec.stall_timeout_s:g} s (stall_timeout_s)"
+                else:
+                    waited = f"before the delivery deadline (give_up_s = {self.spec.give_up_s:g} s)"
+                raise GraphTimeout(f"timeout: {self.spec.uri} did not answer {waited}; "
+                                   f"{progress.done} transaction(s) of the attempt committed; "
+                                   "the server is frozen, overloaded or not speaking Bolt")
+        err = outcome[0] if outcome else RuntimeError("graph write thread ended without a result")
+        if err is not None:
+            raise err
+
+    def _reason(self, err: BaseException) -> str:
+        """One line on why a write failed; a timeout says so first."""
+        text = f"{type(err).__name__}: {err}".replace("\n", " ")
+        if _timed_out(err) and not isinstance(err, GraphTimeout):
+            text = (f"timeout: {self.spec.uri} did not answer within the connection deadline "
+                    f"({self.spec.connect_timeout_s + 2:g} s: connect_timeout_s + 2); {text}")
+        return text
 
     def __enter__(self) -> GraphSink:
         return self.open()
@@ -331,19 +423,28 @@ class GraphSink:
                                       [("prediction", [row]), ("implicates", [{"key": row["window_key"]}])]))
 
     def deliver(self, batch: Batch, spill: bool = True) -> bool:
-        """Write a batch, retrying with backoff; spill it when that fails (module doc)."""
+        """Write a batch, retrying with backoff; spill it when that fails (module doc).
+        Returns within about ``give_up_s`` when the server does not answer."""
         from neo4j.exceptions import ClientError
 
         if time.monotonic() < self._down_until and spill and self.spec.spill_path:
-            self._spill(batch, "graph server down (cooling off after an earlier failure)")
+            self._spill(batch, f"graph server down (cooling off after an earlier failure: "
+                               f"{self._last_failure})")
             return False
+        start = time.monotonic()
+        deadline = start + self.spec.give_up_s
         last: Exception | None = None
+        attempts = 0
         for attempt in range(self.spec.retries + 1):
             if attempt:
+                pause = self.spec.backoff_s * 2 ** (attempt - 1)
+                if time.monotonic() + pause >= deadline:
+                    break
                 self.stats["retries"] += 1
-                time.sleep(self.spec.backoff_s * 2 ** (attempt - 1))
+                time.sleep(pause)
+            attempts += 1
             try:
-                self._write(batch)
+                self._bounded(lambda driver, progress: self._write(batch, driver, progress), deadline)
                 self.stats["batches"] += 1
                 self.stats[f"batches.{batch.kind}"] += 1
                 return True
@@ -352,19 +453,25 @@ class GraphSink:
                 break
             except Exception as err:  # noqa: BLE001 - unreachable, transient, timeouts: retry
                 last = err
-        msg = f"{type(last).__name__}: {last}"
+                if isinstance(err, GraphTimeout):
+                    self.stats["timeouts"] += 1
+        msg = (f"{self._reason(last)} (gave up after {attempts} attempt(s) in "
+               f"{time.monotonic() - start:.1f} s)")
         if not spill or not self.spec.spill_path:
             raise GraphUnavailable(f"graph write of {batch.kind} {batch.tenant}/{batch.window} failed: {msg}")
         self._down_until = time.monotonic() + self.spec.cooldown_s
+        self._last_failure = msg
         self._spill(batch, msg)
         return False
 
-    def _write(self, batch: Batch) -> None:
+    def _write(self, batch: Batch, driver, progress: _Progress) -> None:
         if not self._schema_applied:
-            self.apply_schema()
-        with self.driver.session(database=self.spec.database) as session:
+            self.apply_schema(driver)
+            progress.tick()
+        with driver.session(database=self.spec.database) as session:
             for group in _transactions(batch.steps, self.spec.batch_size):
                 session.execute_write(_run_steps, group)
+                progress.tick()
 
     def _spill(self, batch: Batch, reason: str) -> None:
         path = self.spec.spill_path

@@ -28,6 +28,8 @@ class GraphSettings:
     slide_ms: int | None = None
     latency_ref_ms: float = 50.0
     timeout_ms: float = 1000.0
+    give_up_s: float = 20.0  # one delivery gives up (and spills) after this long
+    stall_timeout_s: float = 15.0  # an attempt that commits no transaction this long is abandoned
 
     def resolved(self) -> GraphSettings:
         """Environment fallbacks: NEO4J_URI, NEO4J_USER (or NEO4J_USERNAME), NEO4J_PASSWORD,
@@ -51,7 +53,8 @@ def _spec(s: GraphSettings, uri: str, user: str, password: str, out_dir: str) ->
     return GraphSpec(uri, user, password, s.database or DATABASE, epsilon=s.epsilon,
                      refresh_windows=s.refresh_windows, batch_size=s.batch_size, top_k=s.top_k,
                      slide_ms=s.slide_ms, spill_path=spill_path(out_dir),
-                     latency_ref_ms=s.latency_ref_ms, timeout_ms=s.timeout_ms)
+                     latency_ref_ms=s.latency_ref_ms, timeout_ms=s.timeout_ms, give_up_s=s.give_up_s,
+                     stall_timeout_s=s.stall_timeout_s)
 
 
 @contextmanager
