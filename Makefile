@@ -75,7 +75,7 @@ bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_chaos.py --load 150
 
 # the whole service under load, each component killed once (bench/bench_chaos.py)
-chaos: $(STAMP) $(ALERTMANAGER)
+chaos: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_chaos.py --load 150 --json output/chaos.json
 
 lint: $(STAMP)

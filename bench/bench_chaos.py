@@ -6,12 +6,17 @@ api`` (spool worker, Beam streaming job with consensus, embedded Bolt graph serv
 service and incident workflow) and the testbed's fleet of traced processes exporting
 OTLP/HTTP to it, with a slowed dependency so that alerts and interventions happen.
 
+The job predicts through a real Triton server (``--predictor triton``; of its four
+validators, three run the model in process and one on that Triton server).
+
 While the fleet runs, at seeded random moments, one at a time, with SIGKILL: the service
 itself in the middle of a workflow step (a failpoint armed at start: it dies right after its
 first intervention is delivered, before the step is checkpointed), the streaming job, the
-spool worker, the graph server, Alertmanager, and the service again at a random moment. The
-service starts its own children again; the harness starts the service and Alertmanager
-again (as systemd or Kubernetes would). Then the fleet stops, the service drains, the graph
+spool worker, the graph server, Alertmanager, the Triton server, and the service again at a
+random moment. The
+service starts its own children again (the job, which stops while Triton is away, with
+back-off); the harness starts the service, Alertmanager and Triton again (as systemd or
+Kubernetes would). Then the fleet stops, the service drains, the graph
 spill is delivered, and every count is reconciled.
 
     python bench/bench_chaos.py [--load 150] [--seed 1] [--json out.json]
@@ -42,11 +47,12 @@ from pipelines.service.processes import wait_until  # noqa: E402
 from pipelines.service.runtime import CHILDREN  # noqa: E402
 from pipelines.testbed.fleet import Fleet  # noqa: E402
 from pipelines.testbed.spec import FleetSpec, Trigger  # noqa: E402
+from pipelines.triton_server import TritonServer  # noqa: E402
 from tests.alerts_fixture import WebhookReceiver  # noqa: E402
 
 TENANT = "chaos"
 MODEL_V1 = str(ROOT / "models" / "cascade_cfc_v1")  # reaches the high band on the testbed (see e2e test)
-KILLS = ("job", "spool-worker", "graph", "alertmanager", "api")
+KILLS = ("job", "spool-worker", "graph", "alertmanager", "api", "triton")
 
 
 class Chaos:
@@ -54,6 +60,8 @@ class Chaos:
 
     def __init__(self, root: str, seed: int):
         self.root, self.rng = root, random.Random(seed)
+        # the job predicts through a real Triton server (its validators: ONNX in process, one on Triton)
+        self.triton = TritonServer(os.path.join(root, "triton"), model_dir=MODEL_V1).start()
         self.log: list[dict] = []
         self.t0 = time.monotonic()
         self.hooks = WebhookReceiver().__enter__()  # interventions
@@ -69,7 +77,9 @@ class Chaos:
 
     def start_api(self, failpoints: str | None = None) -> None:
         env = {"AURA_API_GRACE_S": "4", "AURA_API_ALERT_RESEND_S": "5", "AURA_RUN_RISK_BANDS": "0.2,0.4",
-               "AURA_RUN_MODEL_DIR": MODEL_V1}
+               "AURA_RUN_MODEL_DIR": MODEL_V1, "AURA_RUN_PREDICTOR": "triton",
+               "AURA_RUN_TRITON_URL": f"127.0.0.1:{self.triton.grpc_port}",
+               "AURA_RUN_VALIDATOR_BACKENDS": "onnx,onnx,onnx,triton"}
         if failpoints:
             env["AURA_FAILPOINTS"] = failpoints
         args = ("--default-tenant", TENANT, "--alertmanager-url", self.am.url,
@@ -89,10 +99,19 @@ class Chaos:
 
     def kill(self, what: str) -> None:
         if what == "api":
+            self.ensure_api()
             self.note("kill", target="api", pid=self.api.proc.pid)
             self.api.proc.kill()
             self.api.proc.wait()
             self.start_api()
+        elif what == "triton":
+            self.note("kill", target="triton", pid=self.triton.process.pid)
+            self.triton.kill()
+            time.sleep(5)  # predictions fail meanwhile: the job stops and the service starts it again
+            t = self.triton
+            self.triton = TritonServer(t.workdir, model_dir=MODEL_V1, http_port=t.http_port,
+                                       grpc_port=t.grpc_port).start()
+            self.note("triton ready", pid=self.triton.process.pid)
         elif what == "alertmanager":
             self.note("kill", target="alertmanager", pid=self.am.proc.pid)
             self.am.proc.kill()
@@ -101,12 +120,24 @@ class Chaos:
             self.am.start()
             self.note("alertmanager ready", pid=self.am.proc.pid)
         else:
+            self.ensure_api()
             pid = self.children().get(what)
             self.note("kill", target=what, pid=pid)
             os.kill(pid, signal.SIGKILL)
-            if not wait_until(lambda: self.children().get(what) not in (None, pid), 120):
+            back = lambda: self.children().get(what) not in (None, pid) or self.api.proc.poll() is not None  # noqa: E731
+            if not wait_until(back, 120):
                 raise RuntimeError(f"the service did not start {what} again")
+            if self.ensure_api():  # the service itself died meanwhile: the new one started it
+                return
             self.note("started again by the service", target=what, pid=self.children()[what])
+
+    def ensure_api(self) -> bool:
+        """Start the service again if the workflow failpoint killed it; whether it had."""
+        if self.api.proc.poll() is None:
+            return False
+        self.note("service died at the workflow failpoint (mid-step)", rc=self.api.proc.returncode)
+        self.start_api()
+        return True
 
     def killer(self, load_s: float, stop: threading.Event) -> None:
         """The kills, one at a time, each at a random moment of its slot of the load."""
@@ -118,9 +149,7 @@ class Chaos:
             while time.monotonic() - self.t_load < at:
                 if stop.wait(0.2):
                     return
-            if self.api.proc.poll() is not None:  # the workflow failpoint fired meanwhile
-                self.note("service died at the workflow failpoint (mid-step)", rc=self.api.proc.returncode)
-                self.start_api()
+            self.ensure_api()  # the workflow failpoint may have fired meanwhile
             self.kill(what)
 
     def close(self) -> None:
@@ -128,6 +157,7 @@ class Chaos:
             if x is not None:
                 x.stop(600)
         self.am.stop()
+        self.triton.stop()
         self.hooks.__exit__(None, None, None)
         self.alert_hook.__exit__(None, None, None)
 
@@ -232,9 +262,7 @@ def run_chaos(root: str, load_s: float = 150.0, seed: int = 1) -> dict:
         finally:
             final = fleet.stop()
             fleet.close()
-        if c.api.proc.poll() is not None:
-            c.note("service died at the workflow failpoint (mid-step)", rc=c.api.proc.returncode)
-            c.start_api()
+        c.ensure_api()
         c.note("load over; draining")
         rc = c.api.stop(600)
         c.api = None

@@ -7,7 +7,9 @@ through ``triton_repo/local/model.py`` (onnxruntime). Started and stopped by PID
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,7 +58,15 @@ class TritonServer:
         version = os.path.join(repo, MODEL_NAME, "1")
         os.makedirs(version, exist_ok=True)
         local = os.path.join(ROOT, "triton_repo", "local")
-        shutil.copyfile(os.path.join(local, "config.pbtxt"), os.path.join(repo, MODEL_NAME, "config.pbtxt"))
+        with open(os.path.join(local, "config.pbtxt")) as fh:
+            config = fh.read()
+        with open(os.path.join(self.model_dir, "model.json")) as fh:  # the served model's own shapes
+            _, seq_len, n_features = json.load(fh)["inputs"]["features"]["shape"]
+        config = re.sub(r"dims: \[ \d+, \d+ \]", f"dims: [ {seq_len}, {n_features} ]", config, count=1)
+        config = re.sub(r'(name: "dt"\s+data_type: TYPE_FP32\s+dims: \[ )\d+( \])', rf"\g<1>{seq_len}\g<2>",
+                        config)
+        with open(os.path.join(repo, MODEL_NAME, "config.pbtxt"), "w") as fh:
+            fh.write(config)
         shutil.copyfile(self.model_py or os.path.join(local, "model.py"), os.path.join(version, "model.py"))
         shutil.copyfile(os.path.join(self.model_dir, "model.onnx"), os.path.join(version, "model.onnx"))
         backend = os.path.join(self.workdir, "backends", "python")

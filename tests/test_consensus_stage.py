@@ -193,3 +193,21 @@ def test_flink_window_stage_signs_with_the_persistent_keys(tmp_path, capsys):
     stage.close()
     capsys.readouterr()
     assert main(["audit", "verify", out, "--committee", keys]) == 0
+
+
+class Broken:
+    """A validator's model server that is down: every call raises."""
+
+    def run_inference(self, x, dt, model=None):
+        raise ConnectionError("triton at 127.0.0.1:1 unreachable")
+
+
+def test_a_validator_whose_model_fails_abstains_and_the_others_commit(onnx):
+    stage = ConsensusStage([onnx, onnx, onnx, Broken()])
+    committed, disputed = stage.process(requests(onnx, n=40, wrong=frozenset()))
+    assert (len(committed), len(disputed)) == (40, 0)
+    assert all(3 not in c.certificate["signers"] for c in committed)
+    two_down = ConsensusStage([onnx, onnx, Broken(), Broken()])
+    committed, disputed = two_down.process(requests(onnx, n=10, wrong=frozenset()))
+    assert (len(committed), len(disputed)) == (0, 10)  # more than f faulty: no quorum, nothing passes
+    assert {d.reason for d in disputed} == {"no_quorum"}

@@ -154,3 +154,18 @@ def test_validators_backed_by_triton_commit_what_in_process_validators_commit(se
     assert all(len(c.certificate["signers"]) >= 3 for c in committed)
     report = verify_log(log)
     assert report.ok and report.verdicts == 119, report.error
+
+
+def test_triton_serves_another_model_directory_with_its_own_shapes(tmp_path):
+    """Found by the chaos run: the model repository's config said [8, 71] whatever model it
+    served, so serving the 65-feature v1 model failed every request."""
+    from pathlib import Path
+
+    v1 = str(Path(__file__).resolve().parents[1] / "models" / "cascade_cfc_v1")
+    local = OnnxPredictor(v1)
+    with TritonServer(str(tmp_path / "t"), model_dir=v1) as srv:
+        remote = TritonPredictor(f"127.0.0.1:{srv.grpc_port}", "grpc", model_dir=v1)
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((16, local.info.seq_len, local.info.n_features)).astype(np.float32)
+        dt = rng.uniform(0, 30, (16, local.info.seq_len)).astype(np.float32)
+        np.testing.assert_array_equal(remote.run_inference(x, dt), local.run_inference(x, dt))

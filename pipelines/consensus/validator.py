@@ -4,12 +4,15 @@ and check the proposed verdict against it (same risk band, probability within ep
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.consensus.crypto import digest_arrays
 from pipelines.consensus.messages import Request, Verdict
+
+log = logging.getLogger("aura.consensus")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,11 @@ class Validator:
             return {}
         x = np.stack([np.asarray(r.x, dtype=np.float32) for r in requests])
         dt = np.stack([np.asarray(r.dt, dtype=np.float32) for r in requests])
-        probs = np.asarray(self.predictor.run_inference(x, dt), dtype=np.float64)
+        try:
+            probs = np.asarray(self.predictor.run_inference(x, dt), dtype=np.float64)
+        except Exception as err:  # noqa: BLE001 - a validator whose model fails is one of the f faults
+            log.warning("validator abstains on %d request(s): its predictor failed: %s", len(requests), err)
+            return {}  # it never votes for what it could not check; the others still reach a quorum
         out = {}
         for r, p in zip(requests, probs):
             p = float(p)
