@@ -58,8 +58,8 @@ KILLS = ("job", "spool-worker", "graph", "alertmanager", "api", "triton")
 class Chaos:
     """The processes of one chaos run and what was done to them."""
 
-    def __init__(self, root: str, seed: int):
-        self.root, self.rng = root, random.Random(seed)
+    def __init__(self, root: str, seed: int, engine: str = "beam"):
+        self.root, self.rng, self.engine = root, random.Random(seed), engine
         # the job predicts through a real Triton server (its validators: ONNX in process, one on Triton)
         self.triton = TritonServer(os.path.join(root, "triton"), model_dir=MODEL_V1).start()
         self.log: list[dict] = []
@@ -79,7 +79,9 @@ class Chaos:
         env = {"AURA_API_GRACE_S": "4", "AURA_API_ALERT_RESEND_S": "5", "AURA_RUN_RISK_BANDS": "0.2,0.4",
                "AURA_RUN_MODEL_DIR": MODEL_V1, "AURA_RUN_PREDICTOR": "triton",
                "AURA_RUN_TRITON_URL": f"127.0.0.1:{self.triton.grpc_port}",
-               "AURA_RUN_VALIDATOR_BACKENDS": "onnx,onnx,onnx,triton"}
+               "AURA_RUN_VALIDATOR_BACKENDS": "onnx,onnx,onnx,triton", "AURA_RUN_ENGINE": self.engine}
+        if self.engine == "flink":  # checkpoints every 2 s; a job started again restores the newest
+            env["AURA_RUN_CHECKPOINT_INTERVAL_S"] = "2"
         if failpoints:
             env["AURA_FAILPOINTS"] = failpoints
         args = ("--default-tenant", TENANT, "--alertmanager-url", self.am.url,
@@ -243,8 +245,8 @@ def verdict(r: dict) -> list[str]:
     return bad
 
 
-def run_chaos(root: str, load_s: float = 150.0, seed: int = 1) -> dict:
-    c = Chaos(root, seed)
+def run_chaos(root: str, load_s: float = 150.0, seed: int = 1, engine: str = "beam") -> dict:
+    c = Chaos(root, seed, engine)
     stop = threading.Event()
     try:
         c.start_api(failpoints="workflow.acted=1")
@@ -282,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--root", help="working directory (default: a temporary one)")
     p.add_argument("--json", help="write the report here")
+    p.add_argument("--engine", choices=("beam", "flink"), default="beam", help="the service's streaming job")
     a = p.parse_args(argv)
     root = a.root or tempfile.mkdtemp(prefix="aura-chaos-")
     t = time.monotonic()
-    report = run_chaos(root, a.load, a.seed)
+    report = run_chaos(root, a.load, a.seed, a.engine)
     report["elapsed_s"] = round(time.monotonic() - t, 1)
     print(json.dumps({k: v for k, v in report.items() if k != "timeline"}, indent=1))
     if a.json:

@@ -24,6 +24,7 @@ import time
 import pytest
 
 from pipelines.beam.job import run_batch
+from pipelines.consensus.audit import audit_logs, committed_before
 from pipelines.flink.job import latest_checkpoint
 from pipelines.windowing import WindowSpec
 from tests.crash_data import FILES, RECORDS, crash_files, final_counts, land
@@ -196,3 +197,6 @@ def test_sigkill_then_restore_loses_nothing(point, crash, tmp_path, procs):
     assert not glob.glob(os.path.join(out, "window_deadletter", "*", "*.json"))
     # and every window went on through features, prediction and consensus after the restart
     assert summary["feature_rows"] == summary["predictions"] == summary["consensus"]["committed"] == FILES
+    # a window processed again after the restore is not committed a second time
+    vids = [v.vid for log in audit_logs(out) for v, _ in committed_before(log).values()]
+    assert len(vids) == len(set(vids)) == FILES

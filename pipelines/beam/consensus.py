@@ -17,11 +17,12 @@ from apache_beam import coders
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from pipelines.beam import counters
-from pipelines.consensus.audit import AUDIT_DIR, committed_before
+from pipelines.consensus.audit import AUDIT_DIR
 from pipelines.consensus.crypto import digest_arrays
 from pipelines.consensus.keys import load_keys
 from pipelines.consensus.messages import Request, Verdict
-from pipelines.consensus.stage import CommittedVerdict, ConsensusConfig, DisputedVerdict
+from pipelines.consensus.resume import Resuming
+from pipelines.consensus.stage import ConsensusConfig
 from pipelines.consensus.stage import ConsensusStage as Validators
 from pipelines.consensus.validator import RiskBands
 from pipelines.inference import PredictorSpec
@@ -77,28 +78,21 @@ class ConsensusFn(beam.DoFn):
 
     def setup(self):
         self.stage = self.spec.build(self.out_dir)
-        # a crash-safe run resumes: what earlier runs into this output committed stays committed
-        self.before = committed_before(self.out_dir) if self.resume else {}
+        if self.resume:  # a crash-safe run: what earlier runs into this output committed stays committed
+            self.stage = Resuming(self.stage, self.out_dir)
 
     def process(self, element, order=beam.DoFn.StateParam(ORDER)):
         _, rows = element
         order.write((order.read() or 0) + len(rows))
         by_vid = {}
-        requests, again = [], []
+        requests = []
         for row in rows:
             req = request(row, self.spec.bands)
             by_vid.setdefault(req.vid, row)
-            (again if req.vid in self.before else requests).append(req)
+            requests.append(req)
+        already = getattr(self.stage, "already", 0)
         committed, disputed = self.stage.process(requests)
-        for req in again:  # read again after a restart: never committed twice
-            old, cert = self.before[req.vid]
-            if old == req.verdict:
-                committed.append(CommittedVerdict(req.verdict, cert))
-                counters.inc(self.run_id, "consensus.already_committed")
-            else:
-                disputed.append(DisputedVerdict(req.verdict, "conflicts_with_committed", [
-                    {"committed": dict(zip(("probability", "band", "digest"), old.canon()[4:])),
-                     "certificate": cert}]))
+        counters.inc(self.run_id, "consensus.already_committed", getattr(self.stage, "already", 0) - already)
         counters.inc(self.run_id, "consensus.committed", len(committed))
         counters.inc(self.run_id, "consensus.disputed", len(disputed))
         for c in committed:

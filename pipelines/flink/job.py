@@ -251,6 +251,9 @@ def run(spec: FlinkSpec, log=print) -> RunSummary:
         env.execute("aura-flink")
     else:
         client = env.execute_async("aura-flink")
+        from pipelines.cli import mark_running
+
+        mark_running(spec.stage.out_dir)  # the job reads its landing directory (the service's readiness)
         _wait(client, spec, log)
     files = [p for p in input_files(spec.source) if p.endswith(INPUT_SUFFIXES)]
     summary = summarize(spec.stage.out_dir, files, time.perf_counter() - t0)
@@ -306,7 +309,7 @@ def run_config(cfg, extractor=None, predictor=None, graph=None, consensus=None, 
             else "flink: no checkpoint to restore, starting fresh")
     slide = cfg.window_slide_s or cfg.window_size_s
     stage = StageSpec(cfg.out, int(round(cfg.window_size_s * 1000)), int(round(slide * 1000)), extractor,
-                      predictor, consensus, graph)
+                      predictor, consensus, graph, resume=restore is not None)
     spec = FlinkSpec(source, stage, cfg.window_size_s, cfg.window_slide_s, cfg.max_out_of_orderness_s,
                      continuous=cfg.landing is not None, monitor_interval_s=max(cfg.poll_interval_s, 0.1),
                      parallelism=cfg.parallelism, checkpoint_dir=cfg.checkpoint_dir,

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pipelines.beam.consensus import INPUTS, ConsensusSpec, request
 from pipelines.beam.predict import PREDICTION_ROW
 from pipelines.beam.transforms import write_pane
+from pipelines.consensus.resume import Resuming
 from pipelines.flink.assemble import fresh_count, window_snapshot
 from pipelines.graph.sink import GraphSink, GraphSpec
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
@@ -45,6 +46,7 @@ class StageSpec:
     predictor: PredictorSpec | None = None
     consensus: ConsensusSpec | None = None
     graph: GraphSpec | None = None
+    resume: bool = False  # restored from a checkpoint: verdicts committed before stay committed
 
 
 @dataclass
@@ -75,6 +77,8 @@ class WindowStage:
             self.predictor.load_model()
         if spec.consensus is not None:
             self.validators = spec.consensus.build(spec.out_dir)
+            if spec.resume:  # windows after the checkpoint are processed again: never commit twice
+                self.validators = Resuming(self.validators, spec.out_dir)
         if spec.graph is not None:
             self.sink = GraphSink(replace(spec.graph, state_key=f"flink-{os.getpid()}-{id(self)}")).open()
         if spec.extractor is not None:

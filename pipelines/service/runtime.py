@@ -70,6 +70,9 @@ class ServiceRuntime:
     def __init__(self, api: ApiConfig, run: RunConfig, log=lambda m: print(m, file=sys.stderr)):
         self.api, self.paths = api, ServicePaths(api.data_dir).make()
         self.run = replace(run, landing=self.paths.landing, out=self.paths.run, input=None, mode="streaming")
+        if self.run.engine == "flink":  # a job started again restores its newest checkpoint
+            self.run = replace(self.run, checkpoint_dir=self.run.checkpoint_dir
+                               or os.path.join(self.paths.run, "checkpoints"), restore_from="latest")
         self.log = log
         self.worker: Child | None = None
         self.job: Child | None = None
