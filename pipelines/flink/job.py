@@ -288,13 +288,23 @@ def _wait(client, spec: FlinkSpec, log) -> None:
             return
 
 
-def _drain(client, target: str) -> str:
+def _drain(client, target: str, timeout_s: float = 180.0) -> str:
     """Stop with a savepoint, advancing to the end of event time (PyFlink 2.3's wrapper
-    still calls the 1.x signature, so the Java client is called directly)."""
+    still calls the 1.x signature, so the Java client is called directly). A job whose tasks
+    are (re)starting - just restored, or recovering from a failed task - cannot take the
+    savepoint yet: try again until they run, up to ``timeout_s``."""
+    from py4j.protocol import Py4JJavaError
     from pyflink.java_gateway import get_gateway
 
     fmt = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
-    return str(client._j_job_client.stopWithSavepoint(True, target, fmt).get())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(client._j_job_client.stopWithSavepoint(True, target, fmt).get())
+        except Py4JJavaError as err:
+            if "not being executed at the moment" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def run_config(cfg, extractor=None, predictor=None, graph=None, consensus=None, log=print) -> RunSummary:
