@@ -96,7 +96,10 @@ KILLS = {
 }
 
 
-@pytest.mark.parametrize("kill", list(KILLS))
+SLOW = {"between files", "mid-file (records out, watermark not)"}  # ~25 s each: `make test-slow`
+
+
+@pytest.mark.parametrize("kill", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW else k for k in KILLS])
 def test_sigkill_and_restart_loses_nothing(kill, files, reference, uninterrupted, tmp_path):
     landing, out, log = str(tmp_path / "landing"), str(tmp_path / "out"), str(tmp_path / "job.log")
     os.makedirs(landing)
