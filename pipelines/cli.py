@@ -121,6 +121,12 @@ def add_consensus_args(p: argparse.ArgumentParser) -> None:
                    help="onnx|triton for all, or one per validator comma-separated (default onnx)")
     c.add_argument("--validator-keys", dest="validator_keys",
                    help="validator key directory from 'aura audit keygen' (default: fresh keys per run)")
+    c.add_argument("--validators-at", dest="validators_at", metavar="CONFIG.json",
+                   help="the validators run as processes (python -m pipelines.consensus.tcp CONFIG RID) "
+                        "described by this file; default: in this process")
+    c.add_argument("--validators-timeout", dest="validators_timeout_s", type=float, metavar="SECONDS",
+                   help="with --validators-at: a verdict not committed in this time is disputed "
+                        "no_quorum (default: the file's commit_timeout_s, 10)")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -141,7 +147,7 @@ _ENGINE_FLAGS = ("engine", "parallelism", "checkpoint_dir", "checkpoint_interval
 
 def _consensus_overrides(a: argparse.Namespace) -> dict:
     names = ("consensus", "validators", "consensus_epsilon", "risk_bands", "max_block", "validator_backends",
-             "validator_keys")
+             "validator_keys", "validators_at", "validators_timeout_s")
     return {k: getattr(a, k, None) for k in names}
 
 

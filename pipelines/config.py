@@ -51,6 +51,10 @@ class RunConfig:
     max_block: int = 256  # verdicts per consensus block
     validator_backends: str = "onnx"  # one kind for all validators, or one per validator: onnx,triton,...
     validator_keys: str | None = None  # directory from `aura audit keygen`; None: fresh keys each run
+    # the validators run as processes (pipelines/consensus/tcp.py) described by this config file
+    # (pipelines.service.validators.write_validator_config); None: in process
+    validators_at: str | None = None
+    validators_timeout_s: float | None = None  # with validators_at: commit timeout (None: the file's, 10 s)
     graph: bool = True  # write predictions plus topology to the graph (Neo4j / embedded Bolt server)
     graph_uri: str | None = None  # bolt:// or neo4j:// URI; None: NEO4J_URI, else the embedded server
     graph_user: str | None = None  # None: NEO4J_USER (or NEO4J_USERNAME), else "neo4j"
@@ -107,6 +111,8 @@ class RunConfig:
                              f"comma-separated; got {self.validator_backends!r}")
         if self.consensus_epsilon < 0 or self.max_block < 1:
             raise ValueError("consensus_epsilon must be >= 0 and max_block >= 1")
+        if self.validators_at is not None:
+            return self._remote_consensus_spec(ConsensusSpec)
         model_dir = self.model_dir or DEFAULT_MODEL_DIR
         specs = tuple(PredictorSpec(k, model_dir, self.triton_url, self.triton_protocol) for k in kinds)
         if self.validator_keys is not None:  # a clear error now, not inside the pipeline
@@ -115,6 +121,31 @@ class RunConfig:
             load_keys(self.validator_keys, self.validators)
         return ConsensusSpec(specs, self.consensus_epsilon, self.bands(), self.max_block,
                              self.validator_keys)
+
+    def _remote_consensus_spec(self, spec_cls):
+        """Validator processes: their number and risk bands come from their config file."""
+        from pipelines.consensus.tcp import bands_of, load_config
+
+        path = os.path.abspath(self.validators_at)
+        if self.validator_keys is not None:
+            raise ValueError("validators_at: the validator processes sign with the keys their config names "
+                             "(write it with key_dir=...); drop validator_keys")
+        try:
+            vcfg = load_config(path)
+            n = len(vcfg["ports"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"validators_at: no validator config at {path}: {err}") from err
+        if n < 4 or (n - 1) % 3:
+            raise ValueError(f"validators_at: {path} names {n} validators, not 3f+1 (4, 7, 10, ...)")
+        if bands_of(vcfg) != self.bands():
+            raise ValueError(f"validators_at: the validators' risk bands {bands_of(vcfg)} differ from the "
+                             f"run's ({self.risk_bands}): every verdict would be objected to")
+        if self.validators_timeout_s is not None and self.validators_timeout_s <= 0:
+            raise ValueError("validators_timeout_s must be > 0")
+        model_dir = self.model_dir or DEFAULT_MODEL_DIR
+        specs = (PredictorSpec("onnx", model_dir),) * n  # what the validators run is in their config
+        return spec_cls(specs, self.consensus_epsilon, self.bands(), self.max_block, None, path,
+                        self.validators_timeout_s)
 
     def bands(self):
         """The risk bands (low | elevated | high for two cut points)."""

@@ -21,6 +21,7 @@ from pipelines.consensus.audit import AUDIT_DIR
 from pipelines.consensus.crypto import digest_arrays
 from pipelines.consensus.keys import load_keys
 from pipelines.consensus.messages import Request, Verdict
+from pipelines.consensus.remote import RemoteValidators
 from pipelines.consensus.resume import Resuming
 from pipelines.consensus.stage import ConsensusConfig
 from pipelines.consensus.stage import ConsensusStage as Validators
@@ -41,13 +42,20 @@ class ConsensusSpec:
     bands: RiskBands = RiskBands()
     max_block: int = 256
     key_dir: str | None = None  # persistent validator keys (aura audit keygen); None: fresh per run
+    # validator processes (pipelines/consensus/tcp.py) described by this config file; None: in process
+    remote_config: str | None = None
+    remote_timeout_s: float | None = None  # commit timeout with remote_config (None: the file's)
 
     def config(self) -> ConsensusConfig:
         return ConsensusConfig(len(self.backends), self.epsilon, self.bands, self.max_block)
 
-    def build(self, out_dir: str) -> Validators:
+    def build(self, out_dir: str) -> Validators | RemoteValidators:
         """The validators of one new chain, each with its own loaded predictor, signing with
-        the keys in ``key_dir`` (fresh ones without it); audit log in ``<out_dir>/audit/``."""
+        the keys in ``key_dir`` (fresh ones without it); audit log in ``<out_dir>/audit/``.
+        With ``remote_config``: a client of those validator processes (their chain continues
+        across runs; audit log ``<out_dir>/audit/chain-<its chain id>.ndjson``)."""
+        if self.remote_config is not None:
+            return RemoteValidators(self.remote_config, out_dir, timeout_s=self.remote_timeout_s)
         predictors = []
         for s in self.backends:
             p = s.build()
