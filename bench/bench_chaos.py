@@ -6,14 +6,15 @@ api`` (spool worker, Beam streaming job with consensus, embedded Bolt graph serv
 service and incident workflow) and the testbed's fleet of traced processes exporting
 OTLP/HTTP to it, with a slowed dependency so that alerts and interventions happen.
 
-The job predicts through a real Triton server (``--predictor triton``; of its four
-validators, three run the model in process and one on that Triton server).
+The job predicts through a real Triton server (``--predictor triton``); its four consensus
+validators are processes of their own (``--validator-processes``), three running the model
+with ONNX Runtime and one on that Triton server.
 
 While the fleet runs, at seeded random moments, one at a time, with SIGKILL: the service
 itself in the middle of a workflow step (a failpoint armed at start: it dies right after its
 first intervention is delivered, before the step is checkpointed), the streaming job, the
-spool worker, the graph server, Alertmanager, the Triton server, and the service again at a
-random moment. The
+spool worker, the graph server, Alertmanager, the Triton server, one consensus validator,
+and the service again at a random moment. The
 service starts its own children again (the job, which stops while Triton is away, with
 back-off); the harness starts the service, Alertmanager and Triton again (as systemd or
 Kubernetes would). Then the fleet stops, the service drains, the graph
@@ -52,7 +53,7 @@ from tests.alerts_fixture import WebhookReceiver  # noqa: E402
 
 TENANT = "chaos"
 MODEL_V1 = str(ROOT / "models" / "cascade_cfc_v1")  # reaches the high band on the testbed (see e2e test)
-KILLS = ("job", "spool-worker", "graph", "alertmanager", "api", "triton")
+KILLS = ("job", "spool-worker", "graph", "alertmanager", "api", "triton", "validator")
 
 
 class Chaos:
@@ -85,7 +86,7 @@ class Chaos:
         if failpoints:
             env["AURA_FAILPOINTS"] = failpoints
         args = ("--default-tenant", TENANT, "--alertmanager-url", self.am.url,
-                "--actuator", f"webhook:{self.hooks.url}", "--approve-above", "1.0")
+                "--actuator", f"webhook:{self.hooks.url}", "--approve-above", "1.0", "--validator-processes")
         t = time.monotonic()
         self.api = ApiProcess(self.data, args, env, port=self.port).start()
         self.port = self.api.port
@@ -123,15 +124,18 @@ class Chaos:
             self.note("alertmanager ready", pid=self.am.proc.pid)
         else:
             self.ensure_api()
+            target = what
+            if what == "validator":  # one of the n, at random
+                what = self.rng.choice(sorted(k for k in self.children() if k.startswith("validator-")))
             pid = self.children().get(what)
-            self.note("kill", target=what, pid=pid)
+            self.note("kill", target=target, process=what, pid=pid)
             os.kill(pid, signal.SIGKILL)
             back = lambda: self.children().get(what) not in (None, pid) or self.api.proc.poll() is not None  # noqa: E731
             if not wait_until(back, 120):
                 raise RuntimeError(f"the service did not start {what} again")
             if self.ensure_api():  # the service itself died meanwhile: the new one started it
                 return
-            self.note("started again by the service", target=what, pid=self.children()[what])
+            self.note("started again by the service", target=target, pid=self.children()[what])
 
     def ensure_api(self) -> bool:
         """Start the service again if the workflow failpoint killed it; whether it had."""

@@ -726,6 +726,9 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--approve-above", dest="approve_above", type=float,
                    help="actions costing more than this share of requests wait for `aura incident approve` "
                    "(default 0.2)")
+    p.add_argument("--validator-processes", dest="validator_processes", action="store_true", default=None,
+                   help="run the job's consensus validators as supervised processes of their own (TCP), "
+                   "not inside the job")
     p.add_argument("--no-job", dest="start_job", action="store_false", default=None,
                    help="ingest only: the streaming job runs elsewhere on <data-dir>/landing")
     p.add_argument("--no-graph", dest="graph", action="store_false", default=None)
@@ -736,7 +739,8 @@ def load_service_config(a: argparse.Namespace):
     from pipelines.config import load_api_config, load_run_config
 
     keys = ("host", "port", "grpc_port", "data_dir", "default_tenant", "alertmanager_url",
-            "alert_webhook_url", "external_url", "start_job", "actuator", "approve_above")
+            "alert_webhook_url", "external_url", "start_job", "actuator", "approve_above",
+            "validator_processes")
     api = load_api_config(a.config, **{k: getattr(a, k, None) for k in keys})
     if getattr(a, "no_grpc", False):
         api.grpc_port = None

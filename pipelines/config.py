@@ -215,6 +215,8 @@ class ApiConfig:
     alert_resend_s: float = 30.0  # active alerts are re-sent this often (Alertmanager resolves silent ones)
     actuator: str | None = None  # workflow's: dry-run[:PATH] | webhook:URL | off; None: dry-run into run/
     approve_above: float = 0.2  # the workflow's actions costing more (share of requests) wait for approval
+    # the job's n consensus validators as processes of their own (supervised, over TCP), not in the job
+    validator_processes: bool = False
     drain_timeout_s: float = 600.0  # on shutdown: time for the spool and the job to finish what was accepted
 
     def validate(self) -> ApiConfig:

@@ -1,5 +1,6 @@
 """The service supervises its children: ``aura api`` as a process, its streaming job, spool
-worker and embedded graph server killed with SIGKILL are started again (with their ledgers they carry on); the
+worker, embedded graph server and a consensus validator (``--validator-processes``) killed
+with SIGKILL are started again (with their ledgers they carry on); the
 service itself killed with SIGKILL takes its children with it, and a new service on the same
 data directory reaps whatever a killed one left and starts cleanly."""
 
@@ -54,7 +55,8 @@ def api(tmp_path):
     procs: list[ApiProcess] = []
 
     def start() -> ApiProcess:
-        p = ApiProcess(str(tmp_path / "svc")).start()  # with the embedded graph server
+        # with the embedded graph server and the consensus validators as processes
+        p = ApiProcess(str(tmp_path / "svc"), ("--validator-processes",)).start()
         procs.append(p)
         return p
 
@@ -67,15 +69,15 @@ def test_dead_children_are_started_again_and_die_with_the_service(api, tmp_path)
     svc = api()
     data = svc.data_dir
     first = _children(data)
-    assert set(first) == {"spool-worker", "job", "graph"}
-    for name in ("job", "spool-worker", "graph"):
+    assert set(first) == {"spool-worker", "job", "graph"} | {f"validator-{i}" for i in range(4)}
+    for name in ("job", "spool-worker", "graph", "validator-1"):
         before = _children(data)[name]
         os.kill(before, signal.SIGKILL)
         t0 = time.monotonic()
         assert wait_until(lambda n=name, b=before: _children(data).get(n, b) != b, 60), name
         assert wait_until(lambda: _ready(svc.url), 120), f"not ready again after {name} was killed"
         print(f"\n{name}: killed, started again and ready in {time.monotonic() - t0:.1f} s")
-        assert _restarts(svc.url, name) == 1
+        assert _restarts(svc.url, name.split("-")[0] if name.startswith("validator") else name) == 1
         assert not _alive(before)
 
     # the service killed outright: its workers go with it; the graph server (a session of
@@ -83,7 +85,7 @@ def test_dead_children_are_started_again_and_die_with_the_service(api, tmp_path)
     kids = _children(data)
     svc.proc.kill()
     svc.proc.wait()
-    workers = [kids["job"], kids["spool-worker"]]
+    workers = [pid for name, pid in kids.items() if name != "graph"]
     assert wait_until(lambda: not any(_alive(p) for p in workers), 10), kids
     assert _alive(kids["graph"])
     stale = subprocess.Popen([sys.executable, "-c", "import time  # pipelines.stale\ntime.sleep(120)"])

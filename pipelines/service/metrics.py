@@ -82,4 +82,6 @@ def restart_families(restarts: dict[str, int]) -> list:
                             "after they died, by child", labels=["child"])
     for child in ("spool-worker", "job", "graph"):
         c.add_metric([child], restarts.get(child, 0))
+    n = sum(v for k, v in restarts.items() if k.startswith("validator-"))
+    c.add_metric(["validator"], n)  # one series for all validators: bounded labels
     return [c]

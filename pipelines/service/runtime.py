@@ -86,6 +86,7 @@ class ServiceRuntime:
         self._lock = threading.Lock()  # held while the supervisor starts a child again
         self._watcher: threading.Thread | None = None
         self._job_args: tuple[list[str], dict[str, str]] | None = None
+        self.validators = None  # ValidatorProcesses with ``validator_processes``
         self.graph_server = None  # the embedded Bolt server, when the service started one
         self._graph_replacement = None  # a server started again after the first one died
 
@@ -99,12 +100,34 @@ class ServiceRuntime:
                 os.unlink(stop)  # left by the last clean shutdown
         self.worker = self._spawn_worker()
         if self.api.start_job:
+            if self.api.validator_processes and self.run.consensus:
+                self._start_validators()
             self._start_job()
         self._write_children()
         self._start_alerts()
         self._watcher = threading.Thread(target=self._watch, name="aura-supervisor", daemon=True)
         self._watcher.start()
         return self
+
+    def _start_validators(self) -> None:
+        """The job's n validators as processes (a new chain each time the service starts); the
+        job reaches them through ``validators.json`` (``--validators-at``)."""
+        from pipelines.inference import DEFAULT_MODEL_DIR
+        from pipelines.service.validators import ValidatorProcesses, write_validator_config
+
+        r = self.run
+        path = os.path.join(self.paths.root, "validators.json")
+        kinds = [k.strip() for k in r.validator_backends.split(",") if k.strip()]
+        write_validator_config(path, r.validators, "onnx", model_dir=r.model_dir or DEFAULT_MODEL_DIR,
+                               predictors=kinds * r.validators if len(kinds) == 1 else kinds,
+                               epsilon=r.consensus_epsilon, bands=r.bands(), max_block=r.max_block,
+                               base_timeout=0.3, commit_timeout_s=10.0, key_dir=r.validator_keys,
+                               triton_url=r.triton_url, triton_protocol=r.triton_protocol)
+        self.validators = ValidatorProcesses(path, None, self.paths.logs).start()
+        if not self.validators.wait_ready(60):
+            self.log("aura api: not every validator answered within 60 s (the job commits with 2f+1)")
+        self.log(f"aura api: {r.validators} validators as processes {self.validators.pids()} ({path})")
+        self.run = replace(r, validators_at=path, validator_keys=None)
 
     def _spawn_worker(self) -> Child:
         a = self.api
@@ -133,6 +156,8 @@ class ServiceRuntime:
 
     def _write_children(self) -> None:
         pids = {c.name: c.pid for c in (self.worker, self.job) if c is not None}
+        if self.validators is not None:
+            pids.update(self.validators.pids())
         if self.graph_server is not None and self.graph_server.process is not None:
             pids["graph"] = self.graph_server.process.pid  # its own session: it outlives a killed service
         write_durably(self.paths.root, CHILDREN, json.dumps(pids).encode())
@@ -167,6 +192,13 @@ class ServiceRuntime:
             self.restarts[child.name] += 1
             setattr(self, name, self._spawn_worker() if name == "worker" else self._spawn_job())
             self._write_children()
+        if self.validators is not None:
+            back = self.validators.restart_dead()
+            for rid in back:
+                self.restarts[f"validator-{rid}"] += 1
+                self.log(f"aura api: validator {rid} died; started it again")
+            if back:
+                self._write_children()
         self._watch_graph()
 
     def _watch_graph(self) -> None:
@@ -279,6 +311,8 @@ class ServiceRuntime:
             if code != 0:
                 self.log(f"aura api: streaming job exited with {code}:\n{self.job.log_tail()}")
             clean &= code == 0
+        if self.validators is not None:  # after the job: it may still commit while it drains
+            self.validators.stop()
         if self.alerts is not None:
             self.alerts.stop()
         if self._driver is not None:
