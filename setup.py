@@ -76,6 +76,7 @@ TEST = [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "hypothesis==6.170.15",
+    "fusepy==3.0.1",  # a slow disk for the fault tests (tests/slow_fs.py, FUSE via libfuse2)
     "jsonschema==4.26.0",
     "ruff==0.17.6",
     # Starlette 1.x's TestClient runs on httpx2
