@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = round(time.monotonic() - t, 1)
     print(json.dumps({k: v for k, v in report.items() if k != "timeline"}, indent=1))
     if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as fh:
             json.dump(report, fh, indent=1)
     print("chaos: " + ("nothing lost or duplicated" if not report["failures"]
