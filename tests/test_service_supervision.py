@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from pipelines.service.launch import ApiProcess
-from pipelines.service.processes import wait_until
+from pipelines.service.processes import kill_stale, wait_until
 from pipelines.service.runtime import CHILDREN
 
 
@@ -63,6 +63,7 @@ def api(tmp_path):
     yield start
     for p in procs:
         p.stop(60)
+    kill_stale(_children(str(tmp_path / "svc")))  # a test that failed midway leaves nothing running
 
 
 def test_dead_children_are_started_again_and_die_with_the_service(api, tmp_path):
