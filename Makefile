@@ -35,11 +35,12 @@ $(ALERTMANAGER):
 
 # libfuse2 + fuse: the fault tests mount a slow disk (tests/slow_fs.py)
 LIBFUSE := /usr/lib/x86_64-linux-gnu/libfuse.so.2
-$(LIBFUSE):
+FUSERMOUNT := /usr/bin/fusermount
+$(LIBFUSE) $(FUSERMOUNT):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libfuse2 fuse
 
-debs: $(ALERTMANAGER) $(LIBFUSE)
+debs: $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
 
 # The Flink job's Java table function, compiled from pipelines/flink/java (needs javac 11+)
 # into a cache keyed by source hash; the job also builds it at first use.
@@ -55,11 +56,11 @@ demo: $(STAMP)
 api: $(STAMP)
 	$(BIN)/aura api
 
-test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER) $(LIBFUSE)
+test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER) $(LIBFUSE)
+test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
 	$(BIN)/python -m pytest -m slow
 
 bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)

@@ -1,8 +1,8 @@
 """A slow disk under the streaming job's output: a FUSE pass-through (``tests/slow_fs.py``)
 that makes every write, fsync, create and rename wait 5 ms. ``aura run --landing`` still
 finishes, nothing is lost (the windows equal a batch run's) and it says what it did; the
-slowdown against the same run on a normal disk is printed. Skipped, with the reason, where
-FUSE is not available."""
+slowdown against the same run on a normal disk is printed. Needs FUSE (``make test``
+installs Debian's fuse and libfuse2)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _run(landing: str, out: str) -> tuple[subprocess.CompletedProcess, float]:
 
 @pytest.fixture
 def slow_disk(tmp_path):
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount") is None:
-        pytest.skip("no FUSE here (/dev/fuse and fusermount from Debian's fuse are needed)")
+    assert os.path.exists("/dev/fuse"), "no /dev/fuse: the kernel's FUSE device is needed"
+    assert shutil.which("fusermount"), "no fusermount: `make test` installs Debian's fuse and libfuse2"
     backing, mnt = tmp_path / "backing", tmp_path / "slow"
     backing.mkdir()
     mnt.mkdir()
@@ -44,7 +44,7 @@ def slow_disk(tmp_path):
                            str(DELAY_MS)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     if not wait_until(lambda: os.path.ismount(mnt) or fs.poll() is not None, 15) or fs.poll() is not None:
         why = fs.stderr.read() if fs.poll() is not None else "not mounted after 15 s"
-        pytest.skip(f"cannot mount a FUSE file system here: {why}")
+        raise AssertionError(f"cannot mount the slow FUSE file system: {why}")
     yield str(mnt)
     subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True)
     fs.wait(timeout=10)
