@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from datetime import UTC, datetime
 
 import orjson
@@ -49,3 +51,19 @@ def calibrated_model_dir(tmp_path_factory) -> str:
     from tests.calibrated_model import write_calibrated_model
 
     return write_calibrated_model(str(tmp_path_factory.mktemp("calibrated-model")))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in a session of its own, with everything it started."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def procs():
+    """Job processes started by a test; any still alive at the end are killed (by group)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        kill_group(p)

@@ -27,19 +27,11 @@ from pipelines.beam.job import run_batch
 from pipelines.consensus.audit import audit_logs, committed_before
 from pipelines.flink.job import latest_checkpoint
 from pipelines.windowing import WindowSpec
+from tests.conftest import kill_group
 from tests.crash_data import FILES, RECORDS, crash_files, final_counts, land
-from tests.test_flink_recovery import ROOT, _dead_committed, _kill_group, _ledgers, _running, _summary, _wait
+from tests.test_flink_recovery import ROOT, _dead_committed, _ledgers, _running, _summary, _wait
 
 pytestmark = pytest.mark.timeout(420)
-
-
-@pytest.fixture
-def procs():
-    """Job processes started by a test; any still alive at the end are killed (by group)."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        _kill_group(p)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +140,7 @@ def test_sigkill_then_restore_loses_nothing(point, crash, tmp_path, procs):
             time.sleep(how)
     name = os.path.basename(files[landed - 1])
     at_kill = {"windows": _ledgers(out), "in checkpoint": _in_checkpoint(ckpt, name)}
-    _kill_group(proc)
+    kill_group(proc)
     before = _closed_at(out)
     assert at_kill["windows"] < FILES - 1, "the job finished before it was killed: nothing to recover"
     restored_from = latest_checkpoint(ckpt)

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pipelines.flink.job import latest_checkpoint
 from pipelines.graph.server import EmbeddedGraphServer
 from pipelines.graph.sink import GraphSpec
 from pipelines.graph.target import spill_path
+from tests.conftest import kill_group
 from tests.flink_data import BAD_LINES, dead_reasons, feature_vectors, telemetry_files
 from tests.test_graph_sink import dump, run
 
@@ -84,12 +84,6 @@ def _finish(proc: subprocess.Popen, landing: str, out: str) -> None:
     _wait(lambda: _ledgers(out) >= CLOSED, 180, "closed windows", proc)
     open(os.path.join(landing, "_STOP"), "w").close()
     assert proc.wait(timeout=120) == 0
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _running(proc: subprocess.Popen, ckpt: str, after: str | None = None) -> None:
@@ -176,15 +170,6 @@ def _summary(out: str) -> dict:
         return json.load(fh)
 
 
-@pytest.fixture
-def procs():
-    """Job processes started by a test; any still alive at the end are killed (by group)."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        _kill_group(p)
-
-
 def test_sigkill_mid_stream_then_restore_from_latest_checkpoint(tmp_path, server, procs):
     files, bad = telemetry_files(tmp_path / "src")
 
@@ -212,7 +197,7 @@ def test_sigkill_mid_stream_then_restore_from_latest_checkpoint(tmp_path, server
     _wait(lambda: _ledgers(out_b) >= 4, 120, "first windows", proc)
     _running(proc, ckpt, after=latest_checkpoint(ckpt))  # one more checkpoint after them
     killed_at = _ledgers(out_b)
-    _kill_group(proc)
+    kill_group(proc)
     assert killed_at < CLOSED, "the job finished before it was killed: nothing to recover"
     restored_from = latest_checkpoint(ckpt)
     assert restored_from and os.path.basename(restored_from).startswith("chk-")
