@@ -92,12 +92,13 @@ def window_dead_path(out_dir: str, tenant: str, window_ms: int, reason: str) -> 
 
 def last_pane(out_dir: str, tenant: str, window_ms: int) -> tuple[int, int] | None:
     """(pane index, records) of the window's last snapshot pane on disk, or None."""
-    panes = glob.glob(pane_path(out_dir, "snapshots", tenant, window_ms, 0).replace("-pane=0", "-pane=*"))
+    d = os.path.dirname(pane_path(out_dir, "snapshots", tenant, window_ms, 0))
+    panes = [(int(p.rsplit("-pane=", 1)[1].removesuffix(".parquet")), p)
+             for p in glob.glob(os.path.join(d, f"window={window_ms}-pane=*.parquet"))]
     if not panes:
         return None
-    best = max(panes, key=lambda p: int(p.rsplit("-pane=", 1)[1].removesuffix(".parquet")))
-    pane = int(best.rsplit("-pane=", 1)[1].removesuffix(".parquet"))
-    return pane, int(pq.read_table(best, columns=["n_records"]).column(0)[0].as_py())
+    pane, path = max(panes)
+    return pane, int(pq.read_table(path, columns=["n_records"]).column(0)[0].as_py())
 
 
 def downstream_done(out_dir: str, tenant: str, window_ms: int, pane: int, kinds: tuple[str, ...]) -> bool:

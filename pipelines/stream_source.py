@@ -26,7 +26,7 @@ import orjson
 from pipelines import failpoints
 from pipelines.source_ledger import FileRead, SourceLedger, file_key
 from pipelines.telemetry import LATE, DeadLetter, ParseResult, TimestampGuard, parse_file, parse_lines
-from pipelines.windowing import WindowSpec, slice_batches
+from pipelines.windowing import WindowSpec, ms, slice_batches
 
 INPUT_SUFFIXES = (".ndjson", ".jsonl", ".json", ".parquet")
 
@@ -86,8 +86,8 @@ class EventBuilder:
         t = rec["event_time"]
         if self.watermark is not None and self.spec.is_late(t, self.watermark):
             return True
-        return not again and bool(self.final) and all((rec["tenant"], int(round(s * 1000))) in self.final
-                                        for s in self.spec.starts(t))
+        return not again and bool(self.final) and all((rec["tenant"], ms(s)) in self.final
+                                                      for s in self.spec.starts(t))
 
     def from_result(self, res: ParseResult, source: str, again: bool = False) -> list[Event]:
         """Events for one parsed batch from ``source`` (no watermark change); ``again``: read
@@ -160,7 +160,7 @@ def _windows_of(events: list[Event], spec: WindowSpec) -> Counter:
         if isinstance(ev, Records):
             for (tenant, batch), start in ev.items:
                 for w in spec.starts(start):
-                    out[(tenant, int(round(w * 1000)))] += len(batch)
+                    out[(tenant, ms(w))] += len(batch)
     return out
 
 
@@ -203,10 +203,8 @@ class LandingDirectory:
         self.builder = EventBuilder(self.spec, self.guard)
         self.ledger: SourceLedger | None = None
         self._seen: set[str] = set()  # read by this run, not yet archived
-        self.replayed = 0  # files read again after a restart
         if self.out_dir is not None:
-            self.ledger = SourceLedger(self.out_dir, int(round(self.spec.size_s * 1000)),
-                                       int(round(self.spec.allowed_lateness_s * 1000)))
+            self.ledger = SourceLedger(self.out_dir, ms(self.spec.size_s), ms(self.spec.allowed_lateness_s))
             self.builder.final = self.ledger.final_windows()
 
     @property
@@ -284,7 +282,6 @@ class LandingDirectory:
                     f"{self.path!r}: put it back (from {self.archive!r} or its producer) and restart")
             key = file_key(path)
             prior = self.ledger.prior(key)
-            self.replayed += 1
             yield from self._read(path, key, prior)
             if self.on_file:
                 self.on_file(path, self.stats)

@@ -18,6 +18,11 @@ def _us(t: float) -> int:
     return int(round(t * 1_000_000))
 
 
+def ms(t: float) -> int:
+    """Seconds -> integer milliseconds (window starts in outputs and keys)."""
+    return int(round(t * 1000))
+
+
 @dataclass(frozen=True)
 class WindowSpec:
     """Sliding (or, with slide == size, tumbling) event-time windows aligned to the epoch."""

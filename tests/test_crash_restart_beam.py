@@ -63,8 +63,9 @@ def _verdicts(out: str) -> dict:
 def _run(landing: str, out: str, failpoints: str | None, log: str, feed: list[str] = ()) -> int:
     """One run of the job until it is killed or idle; ``feed`` is landed one file at a time
     (0.4 s apart) while it runs."""
+    idle = "30" if failpoints else "3"  # a run meant to be killed must not end idle first on a busy machine
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--landing", landing, "--out", out,
-           "--no-graph", "--no-progress", "--idle-timeout", "3", "--max-runtime", "300"]
+           "--no-graph", "--no-progress", "--idle-timeout", idle, "--max-runtime", "300"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("AURA_FAILPOINTS", None)
     if failpoints:

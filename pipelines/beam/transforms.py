@@ -14,9 +14,10 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from pipelines import failpoints
 from pipelines.beam import counters
+from pipelines.service.durable import write_durably
 from pipelines.source_ledger import window_dead_path
 from pipelines.telemetry import DeadLetter
-from pipelines.windowing import WindowSnapshot, WindowSpec, build_snapshot, snapshots_to_table
+from pipelines.windowing import WindowSnapshot, WindowSpec, build_snapshot, ms, snapshots_to_table
 
 _TIMING = {PaneInfoTiming.EARLY: "EARLY", PaneInfoTiming.ON_TIME: "ON_TIME",
            PaneInfoTiming.LATE: "LATE", PaneInfoTiming.UNKNOWN: "UNKNOWN"}
@@ -48,7 +49,7 @@ class BuildSnapshot(beam.DoFn):
 
     def process(self, kv, w=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         tenant, batches = kv
-        if self.final and (tenant, int(round(float(w.start) * 1000))) in self.final:
+        if self.final and (tenant, ms(float(w.start))) in self.final:
             counters.inc(self.run_id, "panes_already_final")
             return
         records = [r for batch in batches for r in batch]
@@ -129,10 +130,7 @@ class WriteDeadLetters(beam.DoFn):
             tenant = dead.source.split(" ", 1)[1]  # "window <tenant>", "consensus <tenant>"
             path = window_dead_path(self.out_dir, tenant, dead.position, dead.reason)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as fh:
-                fh.write(orjson.dumps(dead.to_dict()) + b"\n")
-            os.replace(tmp, path)
+            write_durably(os.path.dirname(path), os.path.basename(path), orjson.dumps(dead.to_dict()) + b"\n")
             return []
         if self._fh is None:
             d = os.path.join(self.out_dir, "deadletter")

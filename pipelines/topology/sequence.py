@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.topology.features import FeatureExtractor, WindowFeatures
-
-
-def ms(t: float) -> int:
-    return int(round(t * 1000))
+from pipelines.windowing import ms
 
 
 def next_row(extractor: FeatureExtractor, recent: dict[int, WindowFeatures], wf: WindowFeatures,
