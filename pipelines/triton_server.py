@@ -32,6 +32,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _install(src: str, dst: str) -> None:
+    """Copy ``src`` over ``dst`` by rename: a stub still running from a killed server keeps its
+    old inode (writing into a busy executable fails with ETXTBSY)."""
+    tmp = f"{dst}.{os.getpid()}.tmp"
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 @dataclass
 class TritonServer:
     workdir: str
@@ -75,7 +83,7 @@ class TritonServer:
         for f in (os.path.join(src, "backends", "python", "libtriton_python.so"),
                   os.path.join(src, "backends", "python", "triton_python_backend_utils.py"),
                   os.path.join(src, "python_backend_stubs", "3.11", "triton_python_backend_stub")):
-            shutil.copy2(f, backend)
+            _install(f, os.path.join(backend, os.path.basename(f)))
         return repo, os.path.dirname(backend)
 
     def start(self, timeout_s: float = 60.0) -> TritonServer:

@@ -169,3 +169,25 @@ def test_triton_serves_another_model_directory_with_its_own_shapes(tmp_path):
         x = rng.standard_normal((16, local.info.seq_len, local.info.n_features)).astype(np.float32)
         dt = rng.uniform(0, 30, (16, local.info.seq_len)).astype(np.float32)
         np.testing.assert_array_equal(remote.run_inference(x, dt), local.run_inference(x, dt))
+
+
+def test_preparing_over_a_running_stub_replaces_it(tmp_path):
+    """Found by CI: a killed tritonserver leaves its python-backend stub running for a moment, and
+    restarting on the same workdir wrote into the busy executable (ETXTBSY). The backend files are
+    now replaced by rename, so the running stub keeps its old inode."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    server = TritonServer(str(tmp_path))
+    server.prepare()
+    stub = tmp_path / "backends" / "python" / "triton_python_backend_stub"
+    shutil.copy2(shutil.which("sleep"), stub)  # a running executable at the stub's path
+    running = subprocess.Popen([str(stub), "30"])
+    try:
+        server.prepare()
+        assert stub.read_bytes() != Path(shutil.which("sleep")).read_bytes()
+        assert running.poll() is None
+    finally:
+        running.kill()
+        running.wait()
