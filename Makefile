@@ -40,7 +40,21 @@ $(LIBFUSE) $(FUSERMOUNT):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libfuse2 fuse
 
-debs: $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
+# Debian's chromium: the dashboard tests drive a real headless browser (tests/chromium.py)
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+# Debian's prometheus (with promtool): the rules in infra/prometheus/ are checked and unit-tested
+# with promtool, and a real Prometheus scrapes a real aura api (tests/test_prometheus_*.py)
+PROMETHEUS := /usr/bin/prometheus
+PROMTOOL := /usr/bin/promtool
+$(PROMETHEUS) $(PROMTOOL):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+
+debs: $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT) $(CHROMIUM) $(PROMETHEUS) $(PROMTOOL)
 
 # The Flink job's Java table function, compiled from pipelines/flink/java (needs javac 11+)
 # into a cache keyed by source hash; the job also builds it at first use.
@@ -56,14 +70,14 @@ demo: $(STAMP)
 api: $(STAMP)
 	$(BIN)/aura api
 
-test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
+test: $(STAMP) $(TRITON_STAMP) flink-udf $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT) $(CHROMIUM) $(PROMETHEUS) $(PROMTOOL)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT)
+test-slow: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT) $(CHROMIUM) $(PROMETHEUS) $(PROMTOOL)
 	$(BIN)/python -m pytest -m slow
 
-bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
+bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER) $(CHROMIUM)
 	$(BIN)/python bench/bench_simulator.py
 	$(BIN)/python bench/bench_beam.py
 	$(BIN)/python bench/bench_features.py
@@ -80,6 +94,8 @@ bench: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)
 	$(BIN)/python bench/bench_localisation.py --seeds 0-47 --agents 60,100,150
 	$(BIN)/python bench/bench_closed_loop.py --val 36 --test 48
 	$(BIN)/python bench/bench_chaos.py --load 150
+	$(BIN)/python bench/bench_dashboard.py --agents 1000
+	$(BIN)/python bench/bench_observability.py
 
 # the whole service under load, each component killed once (bench/bench_chaos.py)
 chaos: $(STAMP) $(TRITON_STAMP) $(ALERTMANAGER)

@@ -81,6 +81,10 @@ TEST = [
     "ruff==0.17.6",
     # Starlette 1.x's TestClient runs on httpx2
     "httpx2==2.16.2",
+    # the dashboard tests drive a real headless Chromium over the DevTools protocol (tests/chromium.py)
+    "websockets==17.4",
+    # builds the Grafana dashboards as code (infra/grafana/build.py); the epoch is part of the version
+    "grafana-foundation-sdk==1769699998!10.1.0",
 ]
 
 setup(
@@ -91,6 +95,7 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "schemas", "schemas.*",
                                     "models", "models.*"]),
     package_data={"schemas": ["*.json", "*.cypher", "*.md", "expectations/*.json"],
+                  "pipelines": ["service/static/*"],
                   "models": ["cascade_cfc/*.onnx", "cascade_cfc/*.json", "cascade_cfc/*.pt"]},
     install_requires=RUNTIME,
     extras_require={"train": TRAIN, "test": TEST + TRAIN},

@@ -79,6 +79,24 @@ def simulate(a: argparse.Namespace, pace_s: float = 0.0, quiet: bool = False) ->
 
 
 # -- run -----------------------------------------------------------------------------------
+def add_otlp_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--otlp-endpoint", dest="otlp_endpoint",
+                   help="trace AURA itself (one span per window per stage) to this OTLP/HTTP URL (a base URL "
+                   "gets /v1/traces); default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+                   "$OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing")
+
+
+def job_observability(a: argparse.Namespace) -> None:
+    """The streaming job's process: traces when an endpoint is configured; log records as
+    ``$AURA_LOG_FORMAT`` says when it is set (``aura api`` sets it for its job)."""
+    from pipelines import tracing
+    from pipelines.logs import FORMAT_ENV, configure_logging
+
+    tracing.configure("aura-job", getattr(a, "otlp_endpoint", None))
+    if os.environ.get(FORMAT_ENV):
+        configure_logging(level=logging.WARNING)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with a [run] table")
     p.add_argument("--input", help="a telemetry file, directory or glob, read once")
@@ -92,6 +110,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float,
                    help="landing: stop after this many seconds without new files")
     p.add_argument("--max-runtime", dest="max_runtime_s", type=float)
+    add_otlp_arg(p)
     p.add_argument("--no-features", dest="features", action="store_false", default=None,
                    help="stop after windowing (no topology features)")
     p.add_argument("--ph-backend", choices=("ripser", "giotto"))
@@ -354,7 +373,8 @@ def demo(a: argparse.Namespace) -> int:
     base = service.url
     try:
         print(f"aura api (pid {service.proc.pid}) on {base} while the demo lasts: try "
-              f"curl {base}/v1/tenants/acme/risk | {base}/docs", file=sys.stderr)
+              f"curl {base}/v1/tenants/acme/risk | {base}/docs | dashboard: {base}/dashboard?tenant=acme",
+              file=sys.stderr)
         sim_args = argparse.Namespace(
             out=outbox, labels=os.path.join(root, "labels.json"), agents=a.agents, duration=a.duration,
             tick=1.0, seed=a.seed, graph="layered", mechanisms=MECHANISMS, severities=DEMO_SEVERITIES,
@@ -729,8 +749,16 @@ def add_api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validator-processes", dest="validator_processes", action="store_true", default=None,
                    help="run the job's consensus validators as supervised processes of their own (TCP), "
                    "not inside the job")
+    p.add_argument("--metrics-top-agents", dest="metrics_top_agents", type=int,
+                   help="per-agent series on /metrics: this many agents per tenant, worst first (default 10)")
+    p.add_argument("--backtest-report", dest="backtest_report",
+                   help="a closed-loop backtest's metrics.json: its headline figures on /metrics")
     p.add_argument("--no-job", dest="start_job", action="store_false", default=None,
                    help="ingest only: the streaming job runs elsewhere on <data-dir>/landing")
+    add_otlp_arg(p)
+    p.add_argument("--log-format", dest="log_format", choices=("json", "text"),
+                   help="the service's log lines: JSON (one object per line, with tenant, window and trace "
+                   "ids; the default) or text (default: $AURA_LOG_FORMAT, else json)")
     p.add_argument("--no-graph", dest="graph", action="store_false", default=None)
 
 
@@ -740,7 +768,7 @@ def load_service_config(a: argparse.Namespace):
 
     keys = ("host", "port", "grpc_port", "data_dir", "default_tenant", "alertmanager_url",
             "alert_webhook_url", "external_url", "start_job", "actuator", "approve_above",
-            "validator_processes")
+            "validator_processes", "metrics_top_agents", "backtest_report")
     api = load_api_config(a.config, **{k: getattr(a, k, None) for k in keys})
     if getattr(a, "no_grpc", False):
         api.grpc_port = None
@@ -754,19 +782,25 @@ def api(a: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from pipelines import tracing
+    from pipelines.logs import FORMAT_ENV, configure_logging, log_format, service_log
     from pipelines.service.app import create_app
 
+    os.environ[FORMAT_ENV] = configure_logging(log_format(a.log_format, default="json"))  # children too
     api_cfg, run_cfg = load_service_config(a)
+    if tracing.configure("aura-api", a.otlp_endpoint):  # the job (a child) traces to the same place
+        service_log(f"aura api: traces of AURA itself to {tracing.endpoint()}")
     app = create_app(api_cfg, run_cfg)
-    print(f"aura api on http://{api_cfg.host}:{api_cfg.port} (OTLP/HTTP: POST /v1/traces; docs: /docs); "
-          f"data in {api_cfg.data_dir}", file=sys.stderr)
+    service_log(f"aura api on http://{api_cfg.host}:{api_cfg.port} (OTLP/HTTP: POST /v1/traces; "
+                f"docs: /docs); data in {api_cfg.data_dir}")
 
     def exit_after_drain(*_):  # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully
         raise SystemExit(0 if app.state.aura.drained else 1)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, exit_after_drain)
-    uvicorn.run(app, host=api_cfg.host, port=api_cfg.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=api_cfg.host, port=api_cfg.port, log_level="warning", access_log=False,
+                log_config=None)  # uvicorn's own records through our handler (JSON lines)
     return 0 if app.state.aura.drained else 1
 
 
@@ -870,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
             simulate(a)
             return 0
         if a.command == "run":
+            job_observability(a)
             try:
                 summary = run_job(a)
             except (OSError, RuntimeError, sqlite3.Error) as err:

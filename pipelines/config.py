@@ -218,6 +218,9 @@ class ApiConfig:
     # the job's n consensus validators as processes of their own (supervised, over TCP), not in the job
     validator_processes: bool = False
     drain_timeout_s: float = 600.0  # on shutdown: time for the spool and the job to finish what was accepted
+    metrics_top_agents: int = 10  # per-agent series on /metrics: this many agents per tenant (worst first)
+    # a closed-loop backtest's metrics.json (aura backtest --closed-loop --out DIR): its headline on /metrics
+    backtest_report: str | None = None
 
     def validate(self) -> ApiConfig:
         for name in ("port", "grpc_port"):
@@ -230,6 +233,8 @@ class ApiConfig:
             raise ValueError("grace_s must be >= 0 and idle_flush_s > 0")
         if self.drain_timeout_s <= 0:
             raise ValueError("drain_timeout_s must be > 0")
+        if not 0 <= self.metrics_top_agents <= 1000:
+            raise ValueError(f"metrics_top_agents must be in 0..1000, got {self.metrics_top_agents}")
         if self.alert_resolve_windows < 1 or self.alert_resend_s <= 0:
             raise ValueError("alert_resolve_windows must be >= 1 and alert_resend_s > 0")
         kind, _, arg = (self.actuator or "dry-run").partition(":")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pipelines import failpoints
+from pipelines import failpoints, observe, tracing
 from pipelines.source_ledger import FileRead, SourceLedger, file_key
 from pipelines.telemetry import LATE, DeadLetter, ParseResult, TimestampGuard, parse_file, parse_lines
 from pipelines.windowing import WindowSpec, ms, slice_batches
@@ -107,6 +107,7 @@ class EventBuilder:
             top = max(r["event_time"] for r in ok)
             self.max_seen = top if self.max_seen is None else max(self.max_seen, top)
         self.stats.dead.update(d.reason for d in dead)
+        observe.records(ok, dead)
         events: list[Event] = []
         if ok:
             events.append(Records(slice_batches(ok, self.spec)))
@@ -115,11 +116,17 @@ class EventBuilder:
         return events
 
     def lines(self, lines: Iterable[bytes], source: str) -> list[Event]:
-        return self.from_result(parse_lines(lines, source, self.guard), source)
+        t0 = time.time_ns()
+        return self._traced(self.from_result(parse_lines(lines, source, self.guard), source), source, t0)
 
     def file(self, path: str, again: bool = False) -> list[Event]:
         self.stats.files += 1
-        return self.from_result(parse_file(path, self.guard), path, again)
+        t0 = time.time_ns()
+        return self._traced(self.from_result(parse_file(path, self.guard), path, again), path, t0)
+
+    def _traced(self, events: list[Event], source: str, t0: int) -> list[Event]:
+        trace_parse(events, self.spec, source, t0)
+        return events
 
     def file_then_advance(self, path: str, lag_s: float) -> list[Event]:
         """Events of one file, then the watermark moved to (largest event time - lag)."""
@@ -134,7 +141,17 @@ class EventBuilder:
             return []
         self.watermark = t
         self.guard.watermark = t
+        observe.watermark(self.max_seen, t)
         return [Watermark(t)]
+
+
+def trace_parse(events: list[Event], spec: WindowSpec, source: str, t0: int) -> None:
+    """A ``parse`` span (from ``t0`` to now) in the trace of every window the parsed batch
+    feeds (tracing on only)."""
+    if tracing.enabled():
+        end, name = time.time_ns(), os.path.basename(source)
+        for (tenant, window_ms), n in _windows_of(events, spec).items():
+            tracing.record_span("parse", tenant, window_ms, t0, end, source=name, records=n)
 
 
 def scripted_events(script: Iterable[tuple], spec: WindowSpec,

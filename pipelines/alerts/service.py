@@ -346,6 +346,19 @@ class AlertService:
         """Interventions issued by this process, by (kind, delivery status); {} without a workflow."""
         return {} if self.feed is None else self.feed.interventions()
 
+    def interventions_by_tenant(self) -> dict[tuple[str, str], int]:
+        """Interventions issued by this process, by (tenant, kind); {} without a workflow."""
+        return {} if self.feed is None else self.feed.interventions_by_tenant()
+
+    def open_by_tenant(self) -> dict[str, int]:
+        """Incidents firing, per tenant."""
+        out: dict[str, int] = {}
+        for s in list(self.sent.values()):
+            if s.state == FIRING:
+                tenant = s.labels.get("tenant", "")
+                out[tenant] = out.get(tenant, 0) + 1
+        return out
+
     def held_back(self) -> dict[str, int]:
         """Committed verdicts held back (status not ``ok``) by reason, every reason present."""
         out = dict.fromkeys(HELD_BACK_REASONS, 0)

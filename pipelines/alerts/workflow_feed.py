@@ -79,10 +79,12 @@ class CountingActuator(Actuator):
     def __init__(self, inner: Actuator) -> None:
         self.inner, self.name = inner, inner.name
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.by_tenant: collections.Counter[tuple[str, str]] = collections.Counter()  # (tenant, kind)
 
     def act(self, iv: Intervention, now_s: float) -> Delivery:
         d = self.inner.act(iv, now_s)
         self.counts[(iv.kind, d.status)] += 1
+        self.by_tenant[(iv.tenant, iv.kind)] += 1
         return d
 
     def close(self) -> None:
@@ -195,6 +197,10 @@ class WorkflowFeed:
     def interventions(self) -> dict[tuple[str, str], int]:
         """Deliveries made by this process, by (kind, status)."""
         return dict(getattr(self.wf.actuator, "counts", {}))
+
+    def interventions_by_tenant(self) -> dict[tuple[str, str], int]:
+        """Interventions issued by this process, by (tenant, kind)."""
+        return dict(getattr(self.wf.actuator, "by_tenant", {}))
 
     def close(self) -> None:
         self.wf.actuator.close()

@@ -8,6 +8,7 @@ predictor) live in the DoFn instance; its chain's audit log goes to ``<out>/audi
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import orjson
 from apache_beam import coders
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from pipelines import observe
 from pipelines.beam import counters
 from pipelines.consensus.audit import AUDIT_DIR
 from pipelines.consensus.crypto import digest_arrays
@@ -99,7 +101,10 @@ class ConsensusFn(beam.DoFn):
             by_vid.setdefault(req.vid, row)
             requests.append(req)
         already = getattr(self.stage, "already", 0)
+        t0 = time.time_ns()
         committed, disputed = self.stage.process(requests)
+        observe.block("consensus", [(r.verdict.tenant, r.verdict.window_start) for r in requests], t0,
+                      time.time_ns())
         counters.inc(self.run_id, "consensus.already_committed", getattr(self.stage, "already", 0) - already)
         counters.inc(self.run_id, "consensus.committed", len(committed))
         counters.inc(self.run_id, "consensus.disputed", len(disputed))
@@ -108,6 +113,7 @@ class ConsensusFn(beam.DoFn):
             yield {**row, "certificate": c.certificate}
         for d in disputed:
             v = d.verdict
+            observe.disputed(v.tenant, v.window_start, v.pane_index)
             raw = orjson.dumps({"verdict": dict(zip(("tenant", "window_start", "window_end", "pane_index",
                                                      "probability", "band", "digest"), v.canon())),
                                 "objections": d.objections})

@@ -9,6 +9,7 @@ from apache_beam import coders
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
+from pipelines import observe
 from pipelines.beam import counters
 from pipelines.beam.transforms import write_pane
 from pipelines.state_journal import StateJournal
@@ -34,7 +35,8 @@ class WindowFeaturesFn(beam.DoFn):
 
     def process(self, snap: WindowSnapshot):
         try:
-            wf = self.extractor.window(snap)
+            with observe.stage("features", snap.tenant, ms(snap.window_start), pane=snap.pane_index):
+                wf = self.extractor.window(snap)
         except Exception as err:  # noqa: BLE001 - any failure of one window is reported, the job goes on
             counters.inc(self.run_id, "window_dead.feature_error")
             yield beam.pvalue.TaggedOutput(DEAD, _window_dead(
@@ -103,8 +105,9 @@ class WriteFeatures(beam.DoFn):
 
     def process(self, row):
         wf, vec = row
-        write_pane(self.out_dir, "features", wf.tenant, ms(wf.window_start), wf.pane_index,
-                   feature_table([(wf, vec)]))
+        with observe.stage("sinks", wf.tenant, ms(wf.window_start), sink="features"):
+            write_pane(self.out_dir, "features", wf.tenant, ms(wf.window_start), wf.pane_index,
+                       feature_table([(wf, vec)]))
         return []
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.transforms import window
 
+from pipelines import observe
 from pipelines.beam import counters
 from pipelines.graph.sink import GraphSink, GraphSpec, SinkState
 from pipelines.source_ledger import GRAPH_MARK, mark_pane
+from pipelines.windowing import ms
 
 
 class WriteGraph(beam.DoFn):
@@ -30,12 +32,14 @@ class WriteGraph(beam.DoFn):
     def process(self, element):
         _, (kind, payload) = element
         before = self.sink.stats.copy()
-        if kind == "snapshot":
-            ok = self.sink.write_snapshot(payload)
-        elif kind == "topology":
-            ok = self.sink.write_topology(*payload)
-        else:
-            ok = self.sink.write_prediction(payload)
+        with observe.stage("graph", *_window_of(kind, payload), write=kind):
+            if kind == "snapshot":
+                ok = self.sink.write_snapshot(payload)
+            elif kind == "topology":
+                ok = self.sink.write_topology(*payload)
+            else:
+                ok = self.sink.write_prediction(payload)
+        observe.graph_write(kind, ok)
         counters.inc(self.run_id, f"graph.{'written' if ok else 'spilled'}.{kind}")
         if self.mark_dir is not None and kind == "prediction":  # written or spilled: durable
             mark_pane(self.mark_dir, GRAPH_MARK, payload["tenant"], int(payload["window_start"]),
@@ -51,6 +55,15 @@ class WriteGraph(beam.DoFn):
         if sink is not None:
             sink.close()
             SinkState.release(self.spec.state_key)  # instances still running keep their reference
+
+
+def _window_of(kind: str, payload) -> tuple[str, int]:
+    """(tenant, window start ms) of a graph payload."""
+    if kind == "snapshot":
+        return payload.tenant, ms(payload.window_start)
+    if kind == "topology":
+        return payload[0].tenant, ms(payload[0].window_start)
+    return payload["tenant"], int(payload["window_start"])
 
 
 def _tag(kind: str, tenant_of):

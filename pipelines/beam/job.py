@@ -25,6 +25,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.test_stream_service import TestStreamServiceController
 from apache_beam.transforms import window
 
+from pipelines import observe
 from pipelines.beam import counters
 from pipelines.beam.consensus import ConsensusSpec, ConsensusStage
 from pipelines.beam.features import FeatureStage, WriteFeatures
@@ -42,6 +43,7 @@ from pipelines.stream_source import (
     LandingDirectory,
     Records,
     SourceStats,
+    trace_parse,
 )
 from pipelines.telemetry import TimestampGuard, parse_file
 from pipelines.topology.features import FeatureExtractor
@@ -294,9 +296,13 @@ class ParseFile(beam.DoFn):
         self.spec, self.run_id = spec, run_id
 
     def process(self, path: str):
+        t0 = time.time_ns()
         res = parse_file(path, TimestampGuard())
         counters.inc(self.run_id, "read", res.n_read)
-        for element, start in slice_batches(res.records, self.spec):
+        observe.records(res.records, res.dead)
+        batches = slice_batches(res.records, self.spec)
+        trace_parse([Records(batches)], self.spec, path, t0)
+        for element, start in batches:
             yield window.TimestampedValue(element, start)
         for d in res.dead:
             yield beam.pvalue.TaggedOutput(DEAD, d)

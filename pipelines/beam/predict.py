@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import apache_beam as beam
 import pyarrow as pa
@@ -18,6 +19,7 @@ from apache_beam import coders
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
+from pipelines import observe
 from pipelines.beam import counters
 from pipelines.beam.transforms import write_pane
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
@@ -58,12 +60,15 @@ class _Predicts(beam.DoFn):
     def _step(self, state: TenantHistory | None, wf, vec) -> tuple[dict, TenantHistory]:
         """The prediction row of one window pane and the tenant's updated state."""
         info = self.predictor.info
-        x, dt, state, status = history_step(state, ms(wf.window_start), wf.window_end, vec, info.seq_len,
-                                            calibration=info.calibration)
-        return self._row(wf, x, dt, status), state
+        with observe.stage("predict", wf.tenant, ms(wf.window_start), pane=wf.pane_index):
+            x, dt, state, status = history_step(state, ms(wf.window_start), wf.window_end, vec, info.seq_len,
+                                                calibration=info.calibration)
+            return self._row(wf, x, dt, status), state
 
     def _row(self, wf, x, dt, status: str) -> dict:
+        t0 = time.perf_counter()
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
+        observe.inference(time.perf_counter() - t0)
         counters.inc(self.run_id, "predictions")
         extra = {"inputs": (x, dt)} if self.keep_inputs else {}  # for the consensus validators
         return {**extra, "tenant": wf.tenant, "window_start": ms(wf.window_start),
@@ -115,10 +120,13 @@ class WritePredictions(beam.DoFn):
     def process(self, row: dict):
         if self.run_id is not None:
             counters.inc(self.run_id, f"verdicts.{row['status']}")
+        committed = row.get("certificate") is not None
         if isinstance(row.get("certificate"), dict):
             row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)}
-        write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],
-                   pa.Table.from_pylist([row], schema=PREDICTION_ROW))
+        with observe.stage("sinks", row["tenant"], row["window_start"], sink="prediction"):
+            write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],
+                       pa.Table.from_pylist([row], schema=PREDICTION_ROW))
+        observe.verdict_written(row["tenant"], row["window_start"], row["pane_index"], committed)
         return []
 
 

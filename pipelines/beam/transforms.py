@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from pipelines import failpoints
+from pipelines import failpoints, observe
 from pipelines.beam import counters
 from pipelines.service.durable import write_durably
 from pipelines.source_ledger import window_dead_path
@@ -52,8 +52,11 @@ class BuildSnapshot(beam.DoFn):
         if self.final and (tenant, ms(float(w.start))) in self.final:
             counters.inc(self.run_id, "panes_already_final")
             return
-        records = [r for batch in batches for r in batch]
-        snap = build_snapshot(tenant, float(w.start), float(w.end), records)
+        start_ms = ms(float(w.start))
+        with observe.stage("window", tenant, start_ms, pane=pane.index):
+            records = [r for batch in batches for r in batch]
+            snap = build_snapshot(tenant, float(w.start), float(w.end), records)
+        observe.window_fired(tenant, start_ms, pane.index)
         snap.pane_index = pane.index
         snap.pane_timing = _TIMING.get(pane.timing, "UNKNOWN")
         counters.inc(self.run_id, "panes")
@@ -107,8 +110,11 @@ class WriteSnapshots(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, snap: WindowSnapshot):
-        yield write_pane(self.out_dir, "snapshots", snap.tenant, int(round(snap.window_start * 1000)),
-                         snap.pane_index, snapshots_to_table([snap]))
+        start_ms = ms(snap.window_start)
+        with observe.stage("sinks", snap.tenant, start_ms, sink="snapshot"):
+            path = write_pane(self.out_dir, "snapshots", snap.tenant, start_ms, snap.pane_index,
+                              snapshots_to_table([snap]))
+        yield path
         failpoints.hit(f"sink.snapshot_written.{snap.pane_timing.lower()}")
 
 

@@ -8,6 +8,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
+from pipelines import observe
 from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
 from pipelines.telemetry import LATE, DeadLetter, parse_line
 
@@ -27,6 +28,7 @@ def dead_letter_json(row) -> str:
         dead = out if isinstance(out, DeadLetter) else DeadLetter(
             UNSUPPORTED, "valid by the contract but not in the form the Flink SQL fast path parses",
             source, -1, raw)
+    observe.dead_lettered(observe.dead_tenant(raw), dead.reason)
     return orjson.dumps(dead.to_dict()).decode()
 
 

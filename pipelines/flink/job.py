@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", help="a pickled FlinkSpec")
     p.add_argument("--restore", help="a chk-* directory to restore from")
     a = p.parse_args(argv)
+    from pipelines import tracing
+
+    tracing.configure("aura-job")  # when an OTLP endpoint is set in the environment
     with open(a.spec, "rb") as fh:
         spec: FlinkSpec = pickle.load(fh)
     if a.restore:

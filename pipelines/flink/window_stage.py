@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from pipelines import observe
 from pipelines.beam.consensus import INPUTS, ConsensusSpec, request
 from pipelines.beam.predict import PREDICTION_ROW
 from pipelines.beam.transforms import write_pane
@@ -102,16 +103,21 @@ class WindowStage:
         ledger entry (also written to disk)."""
         closed_at = time.time()
         out = self.spec.out_dir
-        snap, event_times = window_snapshot(tenant, start_ms, end_ms, heads, meta)
-        fresh = fresh_count(event_times, start_ms, self.spec.size_ms, self.spec.slide_ms)
-        write_pane(out, "snapshots", tenant, start_ms, 0, snapshots_to_table([snap]))
+        with observe.stage("window", tenant, start_ms, pane=0):
+            snap, event_times = window_snapshot(tenant, start_ms, end_ms, heads, meta)
+            fresh = fresh_count(event_times, start_ms, self.spec.size_ms, self.spec.slide_ms)
+        observe.window_fired(tenant, start_ms, 0)
+        observe.windowed(tenant, fresh)
+        with observe.stage("sinks", tenant, start_ms, sink="snapshot"):
+            write_pane(out, "snapshots", tenant, start_ms, 0, snapshots_to_table([snap]))
         ledger = {"tenant": tenant, "window_start": start_ms, "window_end": end_ms,
                   "n_records": snap.n_records,
                   "n_fresh": fresh, "n_duplicates": snap.n_duplicates, "feature_row": False,
                   "prediction": False, "committed": False, "disputed": False, "window_dead": None,
                   "graph": {}, "closed_at": closed_at}
         if self.sink is not None:
-            ledger["graph"]["snapshot"] = self.sink.write_snapshot(snap)
+            ledger["graph"]["snapshot"] = self._graph("snapshot", tenant, start_ms, self.sink.write_snapshot,
+                                                      snap)
         if self.spec.extractor is not None:
             self._features(snap, state, ledger)
         ledger["committed_at"] = time.time()
@@ -120,22 +126,25 @@ class WindowStage:
 
     def _features(self, snap, state: TenantState, ledger: dict) -> None:
         ex, tenant, start_ms = self.spec.extractor, snap.tenant, ms(snap.window_start)
-        try:
-            wf = ex.window(snap)
-        except Exception as err:  # noqa: BLE001 - one window's failure is a dead letter, not a crash
-            ledger["window_dead"] = "feature_error"
-            self._dead("feature_error", f"{type(err).__name__}: {err}", tenant, start_ms)
-            return
-        vec, state.recent = next_row(ex, state.recent, wf, self.spec.slide_ms / 1000)
+        with observe.stage("features", tenant, start_ms, pane=0):
+            try:
+                wf = ex.window(snap)
+            except Exception as err:  # noqa: BLE001 - one window's failure is a dead letter, not a crash
+                ledger["window_dead"] = "feature_error"
+                self._dead("feature_error", f"{type(err).__name__}: {err}", tenant, start_ms)
+                return
+            vec, state.recent = next_row(ex, state.recent, wf, self.spec.slide_ms / 1000)
         bad = non_finite(vec)
         if bad:
             ledger["window_dead"] = "non_finite_features"
             self._dead("non_finite_features", f"not finite: {', '.join(bad[:10])}", tenant, start_ms)
             return
         ledger["feature_row"] = True
-        write_pane(self.spec.out_dir, "features", tenant, start_ms, 0, feature_table([(wf, vec)]))
+        with observe.stage("sinks", tenant, start_ms, sink="features"):
+            write_pane(self.spec.out_dir, "features", tenant, start_ms, 0, feature_table([(wf, vec)]))
         if self.sink is not None:
-            ledger["graph"]["topology"] = self.sink.write_topology(wf, vec)
+            ledger["graph"]["topology"] = self._graph("topology", tenant, start_ms, self.sink.write_topology,
+                                                      wf, vec)
         if self.predictor is not None:
             self._predict(wf, vec, state, ledger)
 
@@ -143,18 +152,25 @@ class WindowStage:
         info = self.predictor.info
         if isinstance(state.history, dict):  # keyed state restored from before TenantHistory
             state.history = TenantHistory(state.history)
-        x, dt, state.history, status = history_step(state.history, ms(wf.window_start), wf.window_end, vec,
-                                                    info.seq_len, calibration=info.calibration)
-        p = float(self.predictor.run_inference(x[None], dt[None])[0])
+        tenant, start_ms = wf.tenant, ms(wf.window_start)
+        with observe.stage("predict", tenant, start_ms, pane=0):
+            x, dt, state.history, status = history_step(state.history, start_ms, wf.window_end, vec,
+                                                        info.seq_len, calibration=info.calibration)
+            t0 = time.perf_counter()
+            p = float(self.predictor.run_inference(x[None], dt[None])[0])
+            observe.inference(time.perf_counter() - t0)
         ledger["prediction"] = True
         row = {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
                "pane_index": 0, "probability": p, "horizon_s": info.horizon_s,
                "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
                "predictor": self.predictor.describe(), "certificate": None, "status": status}
         if self.validators is not None:
+            t0 = time.time_ns()
             committed, disputed = self.validators.process([request({**row, INPUTS: (x, dt)},
                                                                    self.spec.consensus.bands)])
+            observe.block("consensus", [(tenant, start_ms)], t0, time.time_ns())
             if disputed:
+                observe.disputed(tenant, start_ms, 0)
                 d = disputed[0]
                 ledger["disputed"] = True
                 ledger["window_dead"] = f"consensus_{d.reason}"
@@ -165,11 +181,22 @@ class WindowStage:
             row["certificate"] = committed[0].certificate
         table_row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)
                      if row["certificate"] else None}
-        write_pane(self.spec.out_dir, "predictions", wf.tenant, row["window_start"], 0,
-                   pa.Table.from_pylist([table_row], schema=PREDICTION_ROW))
+        with observe.stage("sinks", tenant, start_ms, sink="prediction"):
+            write_pane(self.spec.out_dir, "predictions", wf.tenant, row["window_start"], 0,
+                       pa.Table.from_pylist([table_row], schema=PREDICTION_ROW))
+        observe.verdict_written(tenant, start_ms, 0, row["certificate"] is not None)
         ledger["probability"], ledger["status"] = p, status  # status: only for a written verdict
         if self.sink is not None:
-            ledger["graph"]["prediction"] = self.sink.write_prediction(row)
+            ledger["graph"]["prediction"] = self._graph("prediction", tenant, start_ms,
+                                                        self.sink.write_prediction, row)
+
+    @staticmethod
+    def _graph(kind: str, tenant: str, start_ms: int, write, *payload) -> bool:
+        """One graph write, timed, traced and counted."""
+        with observe.stage("graph", tenant, start_ms, write=kind):
+            ok = write(*payload)
+        observe.graph_write(kind, ok)
+        return ok
 
 
 def preload(spec: StageSpec) -> None:

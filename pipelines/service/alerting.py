@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from pipelines.alerts.service import AlertService, build_service
 from pipelines.config import ApiConfig, RunConfig
+from pipelines.service.fleet_metrics import interventions_family
 
 # counters that are levels, not totals
 _GAUGES = {"incidents_open", "spill_pending", "tenants", "last_poll_ms", "files_waiting_features"}
@@ -44,7 +45,7 @@ class ServiceAlerts:
                                    "by kind and delivery status", labels=["kind", "status"])
         for (kind, status), n in sorted(self.service.interventions().items()):
             acts.add_metric([kind, status], n)
-        return [*out, held, acts]
+        return [*out, held, acts, *interventions_family(self.service.interventions_by_tenant())]
 
 
 def start_alerts(api: ApiConfig, run: RunConfig, log) -> ServiceAlerts:

@@ -5,7 +5,6 @@ the graph server and the alert service running beside it (``pipelines.service.ru
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -13,10 +12,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.config import ApiConfig, RunConfig
+from pipelines.inference import DEFAULT_MODEL_DIR
+from pipelines.logs import service_log
 from pipelines.service import outputs
-from pipelines.service.metrics import ServiceMetrics, ledger_families, restart_families, risk_family
+from pipelines.service.fleet_metrics import FleetMetrics, landing_backlog_family
+from pipelines.service.metrics import (
+    ServiceMetrics,
+    ledger_families,
+    reset_metrics_dir,
+    restart_families,
+    risk_family,
+)
 from pipelines.service.models import Problem
-from pipelines.service.routers import health, incidents, ingest, tenants
+from pipelines.service.routers import dashboard, health, incidents, ingest, tenants
 from pipelines.service.runtime import ServicePaths, ServiceRuntime
 from pipelines.service.spool import Spool
 from pipelines.service.spool_worker import read_ledger
@@ -40,7 +48,7 @@ class ServiceState:
 
 
 def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
-               log=lambda m: print(m, file=sys.stderr)) -> FastAPI:
+               log=service_log) -> FastAPI:
     """The application. ``start_runtime`` off: handlers only (tests of the HTTP surface; the
     spool is then read by whoever runs the worker)."""
     paths = ServicePaths(api.data_dir).make()
@@ -50,7 +58,15 @@ def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
         model_loaded = True
     state = ServiceState(api, run, paths, Spool(paths.spool), ServiceMetrics(), run.bands(),
                          model_loaded or not run.predict)
+    if start_runtime:  # the job's metrics start from zero with the service (like the service's own)
+        reset_metrics_dir(paths.metrics)
+    state.metrics.add_job_metrics(paths.metrics)
     state.metrics.add_source(lambda: ledger_families(read_ledger(paths.ingest)))
+    state.metrics.add_source(lambda: landing_backlog_family(paths.landing))
+    fleet = FleetMetrics(paths.run, api.metrics_top_agents, run.model_dir or DEFAULT_MODEL_DIR,
+                         api.backtest_report, lambda: state.runtime.alerts.service.open_by_tenant()
+                         if state.runtime is not None and state.runtime.alerts is not None else {})
+    state.metrics.add_source(fleet.collect)
     state.metrics.add_source(lambda: risk_family(
         {t: outputs.latest_verdict(paths.run, t, run.consensus) for t in outputs.tenants(paths.run)}))
 
@@ -86,6 +102,6 @@ def create_app(api: ApiConfig, run: RunConfig, start_runtime: bool = True,
         return JSONResponse(Problem(error=reason, detail=str(exc.detail)).model_dump(), exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    for r in (ingest.router, tenants.router, incidents.router, health.router):
+    for r in (ingest.router, tenants.router, incidents.router, health.router, dashboard.router):
         app.include_router(r)
     return app

@@ -11,6 +11,7 @@ import sys
 import time
 
 import httpx
+import orjson
 
 
 def free_port() -> int:
@@ -49,6 +50,21 @@ class ApiProcess:
             time.sleep(0.3)
         self.stop(10.0)
         raise RuntimeError(f"aura api did not become ready in {timeout_s:.0f} s; see {self.log_path}")
+
+    def log_records(self) -> list[dict]:
+        """The service's log so far, one dict per JSON line (``--log-format json``, the default);
+        a line that is not a JSON object is kept as ``{"msg": line}``."""
+        out = []
+        with open(self.log_path, "rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    doc = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    doc = None
+                out.append(doc if isinstance(doc, dict) else {"msg": raw.decode(errors="replace").rstrip()})
+        return out
 
     def stop(self, timeout_s: float = 600.0) -> int:
         """SIGTERM (the service drains: spool, then the job), SIGKILL after ``timeout_s``; the exit code."""

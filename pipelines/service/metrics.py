@@ -7,6 +7,8 @@ tenant (the fleets served), route, status code class, reason codes.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,6 +36,14 @@ class ServiceMetrics:
         self.backlog = Gauge("aura_spool_backlog_files", "Spooled OTLP requests not yet aggregated",
                              registry=r)
 
+    def add_job_metrics(self, path: str) -> None:
+        """The streaming job's metrics: prometheus-client multiprocess files under ``path``
+        (``pipelines.observe``), summed over every job process of this service."""
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        os.makedirs(path, exist_ok=True)
+        MultiProcessCollector(self.registry, path=path)
+
     def add_source(self, collect: Callable[[], list]) -> None:
         """Metric families computed at scrape time by ``collect``."""
 
@@ -42,6 +52,12 @@ class ServiceMetrics:
                 return collect()
 
         self.registry.register(_Source())
+
+
+def reset_metrics_dir(path: str) -> None:
+    """An empty directory for the job's multiprocess metric files."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
 
 
 def ledger_families(ledger: dict) -> list:

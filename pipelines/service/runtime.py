@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from pipelines import tracing
 from pipelines.config import ApiConfig, RunConfig, run_config_toml
+from pipelines.logs import service_log
 from pipelines.service.durable import write_durably
 from pipelines.service.processes import Child, kill_stale, spawn, wait_until
 
@@ -54,11 +55,17 @@ class ServicePaths:
         return os.path.join(self.root, "logs")
 
     @property
+    def metrics(self) -> str:
+        """The job's Prometheus metrics (multiprocess mode), served on the service's /metrics."""
+        return os.path.join(self.root, "metrics")
+
+    @property
     def ingest_deadletter(self) -> str:
         return os.path.join(self.ingest, "deadletter")
 
     def make(self) -> ServicePaths:
-        for d in (self.spool, self.ingest, self.ingest_deadletter, self.landing, self.run, self.logs):
+        for d in (self.spool, self.ingest, self.ingest_deadletter, self.landing, self.run, self.logs,
+                  self.metrics):
             os.makedirs(d, exist_ok=True)
         return self
 
@@ -67,7 +74,7 @@ class ServiceRuntime:
     """Starts and stops the service's children. ``start_job = false`` runs the ingest side only
     (the job and graph then run elsewhere, reading ``landing/`` and writing ``run/``)."""
 
-    def __init__(self, api: ApiConfig, run: RunConfig, log=lambda m: print(m, file=sys.stderr)):
+    def __init__(self, api: ApiConfig, run: RunConfig, log=service_log):
         self.api, self.paths = api, ServicePaths(api.data_dir).make()
         self.run = replace(run, landing=self.paths.landing, out=self.paths.run, input=None, mode="streaming")
         if self.run.engine == "flink":  # a job started again restores its newest checkpoint
@@ -221,7 +228,8 @@ class ServiceRuntime:
         self._write_children()
 
     def _start_job(self) -> None:
-        env = {}
+        env = {"PROMETHEUS_MULTIPROC_DIR": self.paths.metrics}  # its metrics, on our /metrics
+        env.update(self._observability_env())
         run = self.run
         if run.graph:
             from pipelines.graph.target import open_graph
@@ -238,6 +246,12 @@ class ServiceRuntime:
         # (the service forced landing and out, which the environment could otherwise move)
         self._job_args = (["-m", "pipelines.cli", "run", "--config", toml, "--no-progress"], env)
         self.job = self._spawn_job()
+
+    @staticmethod
+    def _observability_env() -> dict[str, str]:
+        """The job traces to where the service does (``aura api --otlp-endpoint``; OTLP variables
+        it inherits anyway); it logs as ``$AURA_LOG_FORMAT`` says, which ``aura api`` sets."""
+        return {tracing.TRACES_ENV: tracing.endpoint()} if tracing.endpoint() else {}
 
     def _spawn_job(self) -> Child:
         with contextlib.suppress(FileNotFoundError):
