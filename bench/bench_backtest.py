@@ -23,8 +23,9 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 from pipelines.backtest.columnar import parse_file_columnar  # noqa: E402
 from pipelines.beam import job  # noqa: E402
 from pipelines.beam.backtest import run_backtest_pipeline  # noqa: E402
-from pipelines.beam.consensus import ConsensusSpec  # noqa: E402
+from pipelines.consensus.spec import ConsensusSpec  # noqa: E402
 from pipelines.inference import PredictorSpec  # noqa: E402
+from pipelines.inputs import expand_inputs  # noqa: E402
 from pipelines.simulation.output import simulate_to_dir  # noqa: E402
 from pipelines.simulation.scenario import Scenario, ScenarioConfig  # noqa: E402
 from pipelines.telemetry import TimestampGuard, parse_file  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
               f"{a.duration:.0f} s), 10 s windows, features + onnxruntime in-process + "
               f"{'no consensus' if cons is None else 'BFT consensus (4 validators)'}; "
               f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}")
-        nd = job.expand_inputs(dirs["ndjson"])
+        nd = expand_inputs(dirs["ndjson"])
         t0 = time.perf_counter()
         for p in nd:
             parse_file(p, TimestampGuard())
@@ -75,7 +76,7 @@ def main() -> None:
             base = n / s.elapsed_s
             rows.append(("per-record batch job (aura run --mode batch), NDJSON", base, s.elapsed_s))
         for label, sources in (("backtest columnar, NDJSON files", nd),
-                               ("backtest columnar, Parquet files", job.expand_inputs(dirs["parquet"])),
+                               ("backtest columnar, Parquet files", expand_inputs(dirs["parquet"])),
                                ("backtest, simulated on the fly (incl. simulation)", configs)):
             out = os.path.join(root, "out-" + label.split()[-1])
             r = run_backtest_pipeline(sources, spec, out, ex, pred, cons)

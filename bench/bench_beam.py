@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from pipelines.beam import job  # noqa: E402
+from pipelines.inputs import expand_inputs  # noqa: E402
 from pipelines.simulation.output import simulate_to_dir  # noqa: E402
 from pipelines.simulation.scenario import Scenario, ScenarioConfig  # noqa: E402
 from pipelines.telemetry import parse_file  # noqa: E402
@@ -38,7 +39,7 @@ def main() -> None:
     try:
         tele = os.path.join(root, "telemetry")
         simulate_to_dir(Scenario(ScenarioConfig(n_agents=a.agents, duration_s=a.duration, seed=1)), tele)
-        paths = job.expand_inputs(tele)
+        paths = expand_inputs(tele)
         n = a.agents * int(a.duration)
         print(f"Beam benchmark: {n:,} records ({a.agents} agents x {a.duration:.0f} s, NDJSON, "
               f"{len(paths)} files), 10 s tumbling windows, {os.cpu_count()} cores, "

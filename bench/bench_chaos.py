@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.alerts.alertmanager_server import AlertmanagerProcess  # noqa: E402
-from pipelines.beam.predict import read_predictions  # noqa: E402
 from pipelines.consensus.audit import audit_logs, committed_before, verify_log  # noqa: E402
+from pipelines.predictions import read_predictions  # noqa: E402
 from pipelines.service.launch import ApiProcess  # noqa: E402
 from pipelines.service.processes import wait_until  # noqa: E402
 from pipelines.service.runtime import CHILDREN  # noqa: E402

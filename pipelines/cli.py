@@ -225,6 +225,7 @@ def _last_spill_error(path: str) -> str:
 def run_job(a: argparse.Namespace, progress_total: int | None = None):
     from pipelines.beam import job
     from pipelines.config import load_run_config
+    from pipelines.inputs import expand_inputs
     from pipelines.stream_source import LandingDirectory
 
     cfg = load_run_config(a.config, input=a.input, landing=a.landing, out=a.out, mode=a.mode,
@@ -258,7 +259,7 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                                       on_start=lambda: mark_running(cfg.out), out_dir=cfg.out)
             summary = job.run_landing(source, cfg.out, extractor, predictor, graph, consensus=consensus)
         else:
-            paths = job.expand_inputs(cfg.input)
+            paths = expand_inputs(cfg.input)
             if bar is not None:
                 bar.total = len(paths)
                 bar.unit = "file"
@@ -360,7 +361,7 @@ def demo(a: argparse.Namespace) -> int:
 
     import httpx
 
-    from pipelines.beam.job import RunSummary
+    from pipelines.run_summary import RunSummary
     from pipelines.service import outputs
     from pipelines.service.launch import ApiProcess
 
@@ -436,7 +437,7 @@ def _count_lines(path: str) -> str:
 
 # -- validate ------------------------------------------------------------------------------
 def validate(a: argparse.Namespace) -> int:
-    from pipelines.beam.job import expand_inputs
+    from pipelines.inputs import expand_inputs
     from pipelines.quality import check_frame, load_frame
 
     report = check_frame(load_frame(expand_inputs(a.input)), list(a.tenants) or None)

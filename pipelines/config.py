@@ -97,7 +97,7 @@ class RunConfig:
 
     def consensus_spec(self):
         """The consensus stage's settings, or None without prediction or with ``consensus = false``."""
-        from pipelines.beam.consensus import ConsensusSpec
+        from pipelines.consensus.spec import ConsensusSpec
 
         if not (self.predict and self.consensus):
             return None

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipelines import failpoints, observe, tracing
+from pipelines.inputs import INPUT_SUFFIXES
 from pipelines.source_ledger import FileRead, SourceLedger, file_key
 from pipelines.telemetry import LATE, DeadLetter, ParseResult, TimestampGuard, parse_file, parse_lines
 from pipelines.windowing import WindowSpec, ms, slice_batches
-
-INPUT_SUFFIXES = (".ndjson", ".jsonl", ".json", ".parquet")
 
 
 @dataclass(frozen=True)

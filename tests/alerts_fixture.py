@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 
 from pipelines.alerts.policy import Verdict
-from pipelines.beam.predict import PREDICTION_ROW
-from pipelines.beam.transforms import write_pane
+from pipelines.panes import write_pane
+from pipelines.predictions import PREDICTION_ROW
 from pipelines.telemetry import parse_lines
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.rows import FEATURE_ROW

@@ -460,13 +460,14 @@ def test_service_follows_a_real_streaming_job(tmp_path):
     the risk bands are lowered so that its quiet-fleet verdicts open an alert."""
     from pipelines.beam import job
     from pipelines.config import RunConfig
+    from pipelines.inputs import expand_inputs
     from pipelines.simulation.output import simulate_to_dir
     from pipelines.simulation.scenario import Scenario, ScenarioConfig
 
     sim, out = str(tmp_path / "sim"), str(tmp_path / "out")
     simulate_to_dir([Scenario(ScenarioConfig(n_agents=20, duration_s=90.0, seed=1))], sim, "ndjson", 10.0)
     cfg = RunConfig(input=sim, out=out, graph=False).validate()
-    paths = job.expand_inputs(sim)
+    paths = expand_inputs(sim)
     svc = AlertService(out, policy=AlertPolicy.from_risk_bands("0.0001,0.0002"), poll_interval_s=0.05).start()
     result = {}
     th = threading.Thread(target=lambda: result.setdefault("s", job.run_files_streaming(

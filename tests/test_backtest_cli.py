@@ -177,7 +177,7 @@ def test_evaluation_in_several_runs_equals_one_run(tmp_path, monkeypatch):
     import numpy as np
 
     from pipelines.backtest import run as bt
-    from pipelines.beam.consensus import ConsensusSpec
+    from pipelines.consensus.spec import ConsensusSpec
     from pipelines.consensus.validator import RiskBands
     from pipelines.inference import PredictorSpec
     from pipelines.simulation.scenario import ScenarioConfig

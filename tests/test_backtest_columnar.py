@@ -230,8 +230,9 @@ def test_backtest_pipeline_features_equal_the_batch_job(tmp_path):
     backtest's Beam pipeline (columnar): identical feature vectors and predictions."""
     from pipelines.beam import job
     from pipelines.beam.backtest import run_backtest_pipeline
-    from pipelines.beam.predict import read_predictions
     from pipelines.inference import PredictorSpec
+    from pipelines.inputs import expand_inputs
+    from pipelines.predictions import read_predictions
     from pipelines.simulation.output import simulate_to_dir
     from pipelines.simulation.scenario import Scenario, ScenarioConfig
     from pipelines.topology.features import FeatureExtractor
@@ -242,7 +243,7 @@ def test_backtest_pipeline_features_equal_the_batch_job(tmp_path):
                      for s in (1, 2)], tele)
     with open(os.path.join(tele, "part-000002.ndjson"), "ab") as fh:
         fh.write(b'{"broken\n' + orjson.dumps(record(tenant="t1", error_rate=3.0)) + b"\n")
-    paths = job.expand_inputs(tele)
+    paths = expand_inputs(tele)
     spec, ex, pred = WindowSpec(), FeatureExtractor(), PredictorSpec()
     out_job = str(tmp_path / "job")
     summary = job.run_batch(paths, spec, out_job, ex, pred)

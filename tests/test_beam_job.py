@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.beam import job
+from pipelines.inputs import expand_inputs
 from pipelines.stream_source import LandingDirectory, scripted_events
 from pipelines.telemetry import LATE, parse_lines
 from pipelines.windowing import WindowSpec, snapshots_from_table
@@ -159,4 +160,4 @@ def test_landing_directory_must_exist(tmp_path):
 
 def test_no_input_files_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no telemetry files"):
-        job.expand_inputs(str(tmp_path / "*.ndjson"))
+        expand_inputs(str(tmp_path / "*.ndjson"))

@@ -294,8 +294,8 @@ def test_aura_run_commits_through_validator_processes(tmp_path, cluster, capsys)
     import glob
     import json
 
-    from pipelines.beam.predict import read_predictions
     from pipelines.cli import main
+    from pipelines.predictions import read_predictions
 
     path, _ = cluster
     tele, out = str(tmp_path / "sim"), tmp_path / "run"

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.beam.predict import read_predictions
 from pipelines.cli import main
 from pipelines.consensus.audit import verify_log
 from pipelines.consensus.byzantine import Silent
@@ -21,6 +20,7 @@ from pipelines.consensus.crypto import Committee
 from pipelines.consensus.messages import vote_bytes
 from pipelines.consensus.stage import ConsensusConfig, ConsensusStage
 from pipelines.inference import OnnxPredictor
+from pipelines.predictions import read_predictions
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_flink_window_stage_signs_with_the_persistent_keys(tmp_path, capsys):
     them from the same ``ConsensusSpec``): its audit log verifies against the pinned committee."""
     import random
 
-    from pipelines.beam.consensus import ConsensusSpec
+    from pipelines.consensus.spec import ConsensusSpec
     from pipelines.flink.assemble import join, pack
     from pipelines.flink.window_stage import StageSpec, TenantState, WindowStage
     from pipelines.inference import PredictorSpec

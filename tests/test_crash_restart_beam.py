@@ -20,8 +20,8 @@ import time
 import pytest
 
 from pipelines.beam import job
-from pipelines.beam.predict import read_predictions
 from pipelines.consensus.audit import audit_logs, committed_before, verify_log
+from pipelines.predictions import read_predictions
 from pipelines.windowing import WindowSpec
 from tests.crash_data import FILES, RECORDS, crash_files, final_counts, land
 

@@ -26,6 +26,7 @@ from pipelines.graph.sink import (
     select_changed,
 )
 from pipelines.graph.synthetic import fleet_windows
+from pipelines.inputs import expand_inputs
 from pipelines.topology.features import FeatureExtractor
 from pipelines.topology.sequence import fold
 from pipelines.triton_server import free_port
@@ -334,7 +335,7 @@ def _telemetry(tmp_path) -> str:
 
 
 def test_beam_job_writes_the_graph_and_a_second_run_changes_nothing(tmp_path, server):
-    paths = job.expand_inputs(_telemetry(tmp_path))
+    paths = expand_inputs(_telemetry(tmp_path))
     cfg_graph = spec_for(server, slide_ms=10_000)
     ex = FeatureExtractor()
     from pipelines.inference import PredictorSpec

@@ -116,7 +116,7 @@ def test_triton_config_matches_the_onnx_graph():
 
 def test_pipeline_predicts_every_window_the_same_in_batch_and_streaming(tmp_path):
     from pipelines.beam import job
-    from pipelines.beam.predict import read_predictions
+    from pipelines.predictions import read_predictions
     from pipelines.windowing import WindowSpec
     from tests.test_beam_job import mixed_files
 

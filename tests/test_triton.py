@@ -82,8 +82,8 @@ def test_missing_server_or_model_is_a_clear_error(server):
 
 def test_the_pipeline_predicts_through_triton_as_in_process(server, tmp_path):
     from pipelines.beam import job
-    from pipelines.beam.predict import read_predictions
     from pipelines.inference import PredictorSpec
+    from pipelines.predictions import read_predictions
     from pipelines.topology.features import FeatureExtractor
     from pipelines.windowing import WindowSpec
     from tests.test_beam_job import mixed_files

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.beam import job
-from pipelines.beam.consensus import ConsensusSpec
-from pipelines.beam.job import RunSummary
-from pipelines.beam.predict import PREDICTION_ROW, read_predictions
 from pipelines.cli import render_summary
+from pipelines.consensus.spec import ConsensusSpec
 from pipelines.inference import PredictorSpec
+from pipelines.predictions import PREDICTION_ROW, read_predictions
+from pipelines.run_summary import RunSummary
 from pipelines.topology.features import FeatureExtractor
 from pipelines.windowing import WindowSpec
 from tests.calibrated_model import WINDOWS

@@ -269,7 +269,7 @@ def asdict_shallow(sc: ScenarioConfig) -> dict:
 
 
 def _input_sources(cfg: BacktestConfig) -> tuple[list[str], list[dict]]:
-    from pipelines.beam.job import expand_inputs
+    from pipelines.inputs import expand_inputs
 
     paths = expand_inputs(cfg.input)
     cands = [cfg.labels] if cfg.labels else [os.path.join(cfg.input, "labels.json"),
@@ -355,7 +355,7 @@ def input_splits(docs: list[dict], validation: tuple[str, ...] = (), test: tuple
 def run_backtest(cfg: BacktestConfig, log=print) -> dict:
     """The whole backtest; writes ``metrics.json`` and ``report.html`` into ``cfg.out``."""
     from models.train import split_scenarios
-    from pipelines.beam.consensus import ConsensusSpec
+    from pipelines.consensus.spec import ConsensusSpec
     from pipelines.consensus.validator import RiskBands
 
     cfg.validate()

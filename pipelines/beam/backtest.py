@@ -31,10 +31,11 @@ from pipelines.backtest.columnar import (
     to_ipc,
 )
 from pipelines.beam import counters
-from pipelines.beam.consensus import ConsensusSpec, ConsensusStage
+from pipelines.beam.consensus import ConsensusStage
 from pipelines.beam.features import FeatureStage
 from pipelines.beam.predict import PredictionStage
 from pipelines.beam.transforms import WriteDeadLetters, beam_windows
+from pipelines.consensus.spec import ConsensusSpec
 from pipelines.inference import PredictorSpec
 from pipelines.simulation.scenario import Scenario, ScenarioConfig
 from pipelines.telemetry import TimestampGuard

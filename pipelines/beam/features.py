@@ -11,11 +11,11 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 
 from pipelines import observe
 from pipelines.beam import counters
-from pipelines.beam.transforms import write_pane
+from pipelines.panes import write_features
 from pipelines.state_journal import StateJournal
 from pipelines.telemetry import DeadLetter
 from pipelines.topology.features import FeatureExtractor, WindowFeatures
-from pipelines.topology.rows import feature_table, non_finite
+from pipelines.topology.rows import non_finite
 from pipelines.topology.sequence import fold, ms, next_row
 from pipelines.windowing import WindowSnapshot
 
@@ -105,9 +105,7 @@ class WriteFeatures(beam.DoFn):
 
     def process(self, row):
         wf, vec = row
-        with observe.stage("sinks", wf.tenant, ms(wf.window_start), sink="features"):
-            write_pane(self.out_dir, "features", wf.tenant, ms(wf.window_start), wf.pane_index,
-                       feature_table([(wf, vec)]))
+        write_features(self.out_dir, wf, vec)
         return []
 
 

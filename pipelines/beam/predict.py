@@ -8,38 +8,20 @@ loaded once per DoFn instance (``setup``). Every row carries the verdict's ``sta
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam import coders
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
 from pipelines import observe
 from pipelines.beam import counters
-from pipelines.beam.transforms import write_pane
+from pipelines.consensus.spec import INPUTS
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
+from pipelines.predictions import prediction_row, write_prediction
 from pipelines.state_journal import StateJournal
 from pipelines.topology.sequence import ms
-from schemas import FEATURES_SCHEMA_VERSION
-
-PREDICTION_ROW = pa.schema([
-    pa.field("tenant", pa.string(), nullable=False),
-    pa.field("window_start", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("window_end", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("pane_index", pa.int32(), nullable=False),
-    pa.field("probability", pa.float64(), nullable=False),
-    pa.field("horizon_s", pa.float64(), nullable=False),
-    pa.field("history_windows", pa.int32(), nullable=False),
-    pa.field("feature_version", pa.int32(), nullable=False),
-    pa.field("predictor", pa.string(), nullable=False),
-    pa.field("certificate", pa.string(), nullable=True),  # consensus QC as JSON (null without consensus)
-    pa.field("status", pa.string(), nullable=False),  # ok | calibrating | out_of_distribution
-])
 
 
 class _Predicts(beam.DoFn):
@@ -70,12 +52,8 @@ class _Predicts(beam.DoFn):
         p = float(self.predictor.run_inference(x[None], dt[None])[0])
         observe.inference(time.perf_counter() - t0)
         counters.inc(self.run_id, "predictions")
-        extra = {"inputs": (x, dt)} if self.keep_inputs else {}  # for the consensus validators
-        return {**extra, "tenant": wf.tenant, "window_start": ms(wf.window_start),
-                "window_end": ms(wf.window_end), "pane_index": wf.pane_index, "probability": p,
-                "horizon_s": self.predictor.info.horizon_s,
-                "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
-                "predictor": self.predictor.describe(), "status": status}
+        extra = {INPUTS: (x, dt)} if self.keep_inputs else {}  # for the consensus validators
+        return {**extra, **prediction_row(wf, p, dt, status, self.predictor)}
 
 
 class PredictStreaming(_Predicts):
@@ -120,13 +98,7 @@ class WritePredictions(beam.DoFn):
     def process(self, row: dict):
         if self.run_id is not None:
             counters.inc(self.run_id, f"verdicts.{row['status']}")
-        committed = row.get("certificate") is not None
-        if isinstance(row.get("certificate"), dict):
-            row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)}
-        with observe.stage("sinks", row["tenant"], row["window_start"], sink="prediction"):
-            write_pane(self.out_dir, "predictions", row["tenant"], row["window_start"], row["pane_index"],
-                       pa.Table.from_pylist([row], schema=PREDICTION_ROW))
-        observe.verdict_written(row["tenant"], row["window_start"], row["pane_index"], committed)
+        write_prediction(self.out_dir, row)
         return []
 
 
@@ -147,14 +119,3 @@ class PredictionStage(beam.PTransform):
                                                                     self.journal_dir))
         return (keyed | "ByTenant" >> beam.GroupByKey()
                 | "Predict" >> beam.ParDo(PredictBatch(self.spec, self.run_id, self.keep_inputs)))
-
-
-def read_predictions(out_dir: str) -> pa.Table:
-    """All prediction rows of a run."""
-    import glob
-
-    paths = sorted(glob.glob(os.path.join(out_dir, "predictions", "*", "*.parquet")))
-    if not paths:
-        return PREDICTION_ROW.empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in paths])
-

@@ -7,17 +7,16 @@ import uuid
 
 import apache_beam as beam
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from pipelines import failpoints, observe
 from pipelines.beam import counters
+from pipelines.panes import write_snapshot
 from pipelines.service.durable import write_durably
 from pipelines.source_ledger import window_dead_path
 from pipelines.telemetry import DeadLetter
-from pipelines.windowing import WindowSnapshot, WindowSpec, build_snapshot, ms, snapshots_to_table
+from pipelines.windowing import WindowSnapshot, WindowSpec, build_snapshot, ms
 
 _TIMING = {PaneInfoTiming.EARLY: "EARLY", PaneInfoTiming.ON_TIME: "ON_TIME",
            PaneInfoTiming.LATE: "LATE", PaneInfoTiming.UNKNOWN: "UNKNOWN"}
@@ -91,18 +90,6 @@ class WindowedSnapshots(beam.PTransform):
                 | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id, self.final)))
 
 
-def write_pane(out_dir: str, kind: str, tenant: str, window_start_ms: int, pane: int,
-               table: pa.Table) -> str:
-    """One Parquet file per (kind, tenant, window, pane), written atomically: a replay
-    overwrites, never duplicates."""
-    path = os.path.join(out_dir, kind, f"tenant={tenant}", f"window={window_start_ms}-pane={pane}.parquet")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 class WriteSnapshots(beam.DoFn):
     """Writes each snapshot pane as its own Parquet file."""
 
@@ -110,11 +97,7 @@ class WriteSnapshots(beam.DoFn):
         self.out_dir = out_dir
 
     def process(self, snap: WindowSnapshot):
-        start_ms = ms(snap.window_start)
-        with observe.stage("sinks", snap.tenant, start_ms, sink="snapshot"):
-            path = write_pane(self.out_dir, "snapshots", snap.tenant, start_ms, snap.pane_index,
-                              snapshots_to_table([snap]))
-        yield path
+        yield write_snapshot(self.out_dir, snap)
         failpoints.hit(f"sink.snapshot_written.{snap.pane_timing.lower()}")
 
 

@@ -37,10 +37,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from pipelines.beam.job import RunSummary
 from pipelines.flink import sql, udf
 from pipelines.flink.window_stage import LEDGER, StageSpec, preload
-from pipelines.stream_source import INPUT_SUFFIXES
+from pipelines.inputs import INPUT_SUFFIXES
+from pipelines.run_summary import RunSummary
 
 DEAD_DIR = "deadletter"
 STOP_FILE = "_STOP"

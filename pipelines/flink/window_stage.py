@@ -16,21 +16,19 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import orjson
-import pyarrow as pa
 
 from pipelines import observe
-from pipelines.beam.consensus import INPUTS, ConsensusSpec, request
-from pipelines.beam.predict import PREDICTION_ROW
-from pipelines.beam.transforms import write_pane
 from pipelines.consensus.resume import Resuming
+from pipelines.consensus.spec import INPUTS, ConsensusSpec, request
 from pipelines.flink.assemble import fresh_count, window_snapshot
 from pipelines.graph.sink import GraphSink, GraphSpec
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
+from pipelines.panes import write_features, write_snapshot
+from pipelines.predictions import prediction_row, write_prediction
 from pipelines.topology.features import FeatureExtractor
-from pipelines.topology.rows import feature_table, non_finite
+from pipelines.topology.rows import non_finite
 from pipelines.topology.sequence import ms, next_row
-from pipelines.windowing import build_snapshot, snapshots_to_table
-from schemas import FEATURES_SCHEMA_VERSION
+from pipelines.windowing import build_snapshot
 from schemas.arrow import METRICS
 
 LEDGER, WINDOW_DEAD = "windows", "window_deadletter"
@@ -108,8 +106,7 @@ class WindowStage:
             fresh = fresh_count(event_times, start_ms, self.spec.size_ms, self.spec.slide_ms)
         observe.window_fired(tenant, start_ms, 0)
         observe.windowed(tenant, fresh)
-        with observe.stage("sinks", tenant, start_ms, sink="snapshot"):
-            write_pane(out, "snapshots", tenant, start_ms, 0, snapshots_to_table([snap]))
+        write_snapshot(out, snap)
         ledger = {"tenant": tenant, "window_start": start_ms, "window_end": end_ms,
                   "n_records": snap.n_records,
                   "n_fresh": fresh, "n_duplicates": snap.n_duplicates, "feature_row": False,
@@ -140,8 +137,7 @@ class WindowStage:
             self._dead("non_finite_features", f"not finite: {', '.join(bad[:10])}", tenant, start_ms)
             return
         ledger["feature_row"] = True
-        with observe.stage("sinks", tenant, start_ms, sink="features"):
-            write_pane(self.spec.out_dir, "features", tenant, start_ms, 0, feature_table([(wf, vec)]))
+        write_features(self.spec.out_dir, wf, vec)
         if self.sink is not None:
             ledger["graph"]["topology"] = self._graph("topology", tenant, start_ms, self.sink.write_topology,
                                                       wf, vec)
@@ -160,10 +156,7 @@ class WindowStage:
             p = float(self.predictor.run_inference(x[None], dt[None])[0])
             observe.inference(time.perf_counter() - t0)
         ledger["prediction"] = True
-        row = {"tenant": wf.tenant, "window_start": ms(wf.window_start), "window_end": ms(wf.window_end),
-               "pane_index": 0, "probability": p, "horizon_s": info.horizon_s,
-               "history_windows": int((dt > 0).sum()), "feature_version": FEATURES_SCHEMA_VERSION,
-               "predictor": self.predictor.describe(), "certificate": None, "status": status}
+        row = {**prediction_row(wf, p, dt, status, self.predictor), "certificate": None}
         if self.validators is not None:
             t0 = time.time_ns()
             committed, disputed = self.validators.process([request({**row, INPUTS: (x, dt)},
@@ -179,12 +172,7 @@ class WindowStage:
                 return
             ledger["committed"] = True
             row["certificate"] = committed[0].certificate
-        table_row = {**row, "certificate": json.dumps(row["certificate"], sort_keys=True)
-                     if row["certificate"] else None}
-        with observe.stage("sinks", tenant, start_ms, sink="prediction"):
-            write_pane(self.spec.out_dir, "predictions", wf.tenant, row["window_start"], 0,
-                       pa.Table.from_pylist([table_row], schema=PREDICTION_ROW))
-        observe.verdict_written(tenant, start_ms, 0, row["certificate"] is not None)
+        write_prediction(self.spec.out_dir, row)
         ledger["probability"], ledger["status"] = p, status  # status: only for a written verdict
         if self.sink is not None:
             ledger["graph"]["prediction"] = self._graph("prediction", tenant, start_ms,

@@ -167,7 +167,7 @@ def certificate_props(cert: dict | None) -> dict:
 
 
 def prediction_row(row: dict) -> dict:
-    """A prediction row (``pipelines.beam.predict.PREDICTION_ROW``, plus an optional
+    """A prediction row (``pipelines.predictions.PREDICTION_ROW``, plus an optional
     ``certificate`` dict from the consensus stage) -> parameters of PREDICTION (a row
     without ``status``, from before verdict statuses, is ``ok``)."""
     start, end = ms(row["window_start"]), ms(row["window_end"])
