@@ -184,11 +184,13 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--graph-refresh-windows", dest="graph_refresh_windows", type=int,
                    help="rewrite every agent/CALLS row at least this often (0: never)")
     g.add_argument("--graph-batch-size", dest="graph_batch_size", type=int, help="rows per transaction")
+    g.add_argument("--graph-parallel", dest="graph_parallel", type=int,
+                   help="concurrent transactions (sessions) for the agent/CALLS updates of a window")
     g.add_argument("--graph-top-k", dest="graph_top_k", type=int, help="implicated agents per prediction")
 
 
 _GRAPH_FLAGS = ("graph", "graph_uri", "graph_user", "graph_password", "graph_database", "graph_epsilon",
-                "graph_refresh_windows", "graph_batch_size", "graph_top_k")
+                "graph_refresh_windows", "graph_batch_size", "graph_top_k", "graph_parallel")
 
 
 def _graph_overrides(a: argparse.Namespace) -> dict:

@@ -63,6 +63,7 @@ class RunConfig:
     graph_epsilon: float = 0.05  # agent/CALLS values that moved less than this are not rewritten
     graph_refresh_windows: int = 10  # ... but every row is rewritten at least this often (0: never)
     graph_batch_size: int = 5000  # rows per transaction
+    graph_parallel: int = 1  # concurrent transactions for the agent/CALLS updates of a window
     graph_top_k: int = 5  # implicated agents per prediction
     engine: str = "beam"  # beam (DirectRunner) | flink (PyFlink job, pipelines/flink)
     parallelism: int = 1  # flink: parallelism of the job (tenants spread over subtasks by key group)
@@ -82,8 +83,10 @@ class RunConfig:
         if self.ph_backend not in ("ripser", "giotto"):
             raise ValueError(f"ph_backend must be 'ripser' or 'giotto', got {self.ph_backend!r}")
         self.extractor()  # raises on bad feature parameters
-        if self.graph_epsilon < 0 or self.graph_batch_size < 1 or self.graph_top_k < 0:
-            raise ValueError("graph_epsilon must be >= 0, graph_batch_size >= 1, graph_top_k >= 0")
+        if (self.graph_epsilon < 0 or self.graph_batch_size < 1 or self.graph_top_k < 0
+                or self.graph_parallel < 1):
+            raise ValueError("graph_epsilon must be >= 0, graph_batch_size >= 1, graph_top_k >= 0, "
+                             "graph_parallel >= 1")
         if self.engine not in ("beam", "flink"):
             raise ValueError(f"engine must be 'beam' or 'flink', got {self.engine!r}")
         if self.engine == "flink" and (self.mode != "streaming" or self.parallelism < 1
@@ -185,7 +188,8 @@ class RunConfig:
         slide = self.window_slide_s or self.window_size_s
         return GraphSettings(self.graph_uri, self.graph_user, self.graph_password, self.graph_database,
                              self.graph_epsilon, self.graph_refresh_windows, self.graph_batch_size,
-                             self.graph_top_k, int(round(slide * 1000)), self.latency_ref_ms, self.timeout_ms)
+                             self.graph_top_k, int(round(slide * 1000)), self.latency_ref_ms, self.timeout_ms,
+                             parallel=self.graph_parallel)
 
     def guard(self) -> TimestampGuard:
         return TimestampGuard(self.max_ahead_s, self.max_behind_s)

@@ -73,7 +73,10 @@ def implicated(snap: WindowSnapshot, stress: StressFiltration, top_k: int,
                score: np.ndarray | None = None) -> list[tuple[str, float]]:
     """The ``top_k`` most involved agents as (agent id, involvement), highest first."""
     score = involvement(snap, stress) if score is None else score
-    order = sorted((i for i in range(len(score)) if score[i] > 0), key=lambda i: (-score[i], snap.agents[i]))
+    cand = np.flatnonzero(score > 0)
+    if len(cand) > top_k > 0:  # only the top_k largest (and their ties) can be ranked
+        cand = cand[score[cand] >= np.partition(score[cand], -top_k)[-top_k]]
+    order = sorted(cand.tolist(), key=lambda i: (-score[i], snap.agents[i]))
     return [(snap.agents[i], round(float(score[i]), 6)) for i in order[:top_k]]
 
 

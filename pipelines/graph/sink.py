@@ -24,6 +24,14 @@ seen (``first_window`` moves; the Cypher guards keep the newer values), or when 
 staggered refresh is due (every ``refresh_windows`` windows per row, spread by
 a hash of its key, so that ``last_window`` stays within that many windows of the truth).
 A spilled batch forgets its tenant's state, so the next window writes in full.
+
+Two paths build a snapshot's agent and CALLS steps. The column path (default,
+``pipelines.graph.plan``): change detection in numpy (``delta.KeyTable``), one list per
+property, MERGE for new rows, MATCH by key + SET for rows this process wrote, and a
+refresh of unchanged rows rewrites ``last_window`` only. The per-row path of issue 5
+(``row_path=True``: a dict per row, ``select_changed`` per row, MERGE for every row) is
+kept as the benchmark's baseline; both leave the same graph. With ``parallel`` > 1 the
+update and touch steps of a window run in that many concurrent transactions.
 """
 
 from __future__ import annotations
@@ -36,12 +44,16 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.graph import plan as P
 from pipelines.graph import rows as R
 from pipelines.graph import statements as S
+from pipelines.graph import steps as T
+from pipelines.graph.delta import KeyTable, tenant_tables
 from pipelines.topology.features import WindowFeatures
 from pipelines.topology.filtrations import StressFiltration
 from pipelines.windowing import WindowSnapshot
@@ -52,6 +64,8 @@ STATEMENTS = {"agents": S.AGENTS, "calls": S.CALLS, "window_snapshot": S.WINDOW_
               "window_topology": S.WINDOW_TOPOLOGY, "chain_prev": S.CHAIN_PREV,
               "chain_next": S.CHAIN_NEXT, "prediction": S.PREDICTION, "implicates": S.IMPLICATES}
 STATEMENTS.update(incident=S.INCIDENT, incident_actions=S.INCIDENT_ACTIONS)  # the incident workflow's
+STATEMENTS.update(agents_merge=S.AGENTS_MERGE, agents_update=S.AGENTS_UPDATE, agents_touch=S.AGENTS_TOUCH,
+                  calls_merge=S.CALLS_MERGE, calls_update=S.CALLS_UPDATE, calls_touch=S.CALLS_TOUCH)
 SPILL_NAME = "graph-spill.ndjson"
 
 
@@ -66,6 +80,8 @@ class GraphSpec:
     epsilon: float = 0.05  # relative change below which an agent/CALLS row is not rewritten (< 0: all)
     refresh_windows: int = 10  # every row is rewritten at least this often (staggered); 0: never
     batch_size: int = 5000  # rows per transaction
+    parallel: int = 1  # concurrent transactions (sessions) for a step larger than batch_size
+    row_path: bool = False  # the per-row path of issue 5 (dict rows, MERGE only): the bench's baseline
     top_k: int = 5  # implicated agents per window / prediction
     slide_ms: int | None = None  # window slide (NEXT links slots start -> start + slide)
     spill_path: str | None = None  # NDJSON of undelivered batches (None: nothing spilled, errors raise)
@@ -104,11 +120,14 @@ class Batch:
 
     @property
     def n_rows(self) -> int:
-        return sum(len(r) for _, r in self.steps)
+        return sum(T.n_rows(r) for _, r in self.steps)
 
     def to_json(self) -> dict:
+        """As spilled: MATCH-only steps become their MERGE twins, touches are dropped
+        (``plan.SPILLED``)."""
+        steps = [[P.SPILLED.get(n, n), r] for n, r in self.steps if P.SPILLED.get(n, n)]
         return {"kind": self.kind, "tenant": self.tenant, "window": self.window, "pane": self.pane,
-                "steps": [[n, r] for n, r in self.steps]}
+                "steps": steps}
 
     @staticmethod
     def from_json(d: dict) -> Batch:
@@ -119,9 +138,10 @@ class Batch:
 class TenantState:
     """What the graph holds for a tenant's agents and edges (``select_changed``)."""
 
-    agents: dict[str, tuple] = field(default_factory=dict)
+    agents: dict[str, tuple] = field(default_factory=dict)  # the per-row path (``row_path``)
     calls: dict[tuple[str, str], tuple] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tables: tuple[KeyTable, KeyTable] = field(default_factory=lambda: tenant_tables(len(R.AGENT_PROPS)))
 
 
 class SinkState:
@@ -142,6 +162,8 @@ class SinkState:
         st = self.tenant(tenant)
         st.agents.clear()
         st.calls.clear()
+        for table in st.tables:
+            table.clear()
 
     @classmethod
     def shared(cls, key: str) -> SinkState:
@@ -262,10 +284,12 @@ class _Progress:
     def __init__(self):
         self.at = time.monotonic()
         self.done = 0
+        self._lock = threading.Lock()  # lanes tick from their own threads
 
     def tick(self) -> None:
-        self.done += 1
-        self.at = time.monotonic()
+        with self._lock:
+            self.done += 1
+            self.at = time.monotonic()
 
 
 class GraphSink:
@@ -278,6 +302,7 @@ class GraphSink:
         self.state = state or SinkState.shared(spec.state_key)
         self.stress = StressFiltration(spec.latency_ref_ms, spec.timeout_ms)
         self.stats: Counter = Counter()
+        self.timing: Counter = Counter()  # seconds: build_s (batch), statements_s, step.<name>
         self.errors: list[str] = []
         self._schema_applied = False
         self._down_until = 0.0
@@ -372,24 +397,50 @@ class GraphSink:
         self.close()
 
     # -- building batches ---------------------------------------------------------------
-    def snapshot_batch(self, snap: WindowSnapshot) -> tuple[Batch, tuple, tuple]:
-        """The batch of a snapshot pane (changed agents and edges only), and (all rows,
-        written rows) of agents and of edges, to remember once it is written."""
+    def snapshot_batch(self, snap: WindowSnapshot) -> tuple[Batch, Callable[[], None]]:
+        """The batch of a snapshot pane (changed agents and edges only), and what to call
+        once it is written (the tenant's change-detection state learns what the graph holds)."""
         score = R.involvement(snap, self.stress)
         hot = R.implicated(snap, self.stress, self.spec.top_k, score) if self.spec.top_k else []
+        st = self.state.tenant(snap.tenant)
+        eps, every = self.spec.epsilon, self.spec.refresh_windows
+        if self.spec.row_path:
+            rows, done = self._row_steps(snap, score, st)
+        else:
+            plan = P.plan_snapshot(snap, score, *st.tables, eps, every)
+            rows = plan.steps
+            written = {k: plan.count(k, "written") for k in ("agents", "calls")}
+            touched = {k: plan.count(k, "touch") for k in ("agents", "calls")}
+            self.stats["agent_rows_skipped"] += len(snap.agents) - written["agents"]
+            self.stats["call_rows_skipped"] += len(snap.edge_src) - written["calls"]
+
+            def done() -> None:
+                plan.remember(*st.tables)
+                self.stats["agent_rows"] += written["agents"]
+                self.stats["call_rows"] += written["calls"]
+                self.stats["agent_rows_touched"] += touched["agents"]
+                self.stats["call_rows_touched"] += touched["calls"]
+        win = R.window_row(snap, hot, self.spec.slide_ms)
+        steps = [*rows, ("window_snapshot", [win]), ("chain_prev", [win]), ("chain_next", [win]),
+                 ("implicates", [{"key": win["key"]}])]
+        return Batch("snapshot", snap.tenant, win["start"], win["pane"], steps), done
+
+    def _row_steps(self, snap: WindowSnapshot, score: np.ndarray, st: TenantState) -> tuple[list, Callable]:
+        """The per-row path of issue 5: a dict per row, ``select_changed`` per row, MERGE."""
         agents, calls = R.agent_rows(snap, score), R.call_rows(snap)
         length = R.ms(snap.window_end) - R.ms(snap.window_start)
-        st = self.state.tenant(snap.tenant)
         eps, every = self.spec.epsilon, self.spec.refresh_windows
         agents_w = select_changed(agents, st.agents, _agent_key, _agent_values, eps, length, every)
         calls_w = select_changed(calls, st.calls, _call_key, _call_values, eps, length, every)
         self.stats["agent_rows_skipped"] += len(agents) - len(agents_w)
         self.stats["call_rows_skipped"] += len(calls) - len(calls_w)
-        win = R.window_row(snap, hot, self.spec.slide_ms)
-        steps = [("agents", agents_w), ("calls", calls_w), ("window_snapshot", [win]),
-                 ("chain_prev", [win]), ("chain_next", [win]), ("implicates", [{"key": win["key"]}])]
-        return (Batch("snapshot", snap.tenant, win["start"], win["pane"], steps), (agents, agents_w),
-                (calls, calls_w))
+
+        def done() -> None:
+            remember(agents, agents_w, st.agents, _agent_key, _agent_values)
+            remember(calls, calls_w, st.calls, _call_key, _call_values)
+            self.stats["agent_rows"] += len(agents_w)
+            self.stats["call_rows"] += len(calls_w)
+        return [("agents", agents_w), ("calls", calls_w)], done
 
     # -- writing ------------------------------------------------------------------------
     def write_snapshot(self, snap: WindowSnapshot) -> bool:
@@ -397,13 +448,12 @@ class GraphSink:
         now, False if spilled."""
         st = self.state.tenant(snap.tenant)
         with st.lock:  # one tenant's windows are written one at a time
-            batch, (agents, agents_w), (calls, calls_w) = self.snapshot_batch(snap)
+            t0 = time.perf_counter()
+            batch, done = self.snapshot_batch(snap)
+            self.timing["build_s"] += time.perf_counter() - t0
             ok = self.deliver(batch)
             if ok:
-                remember(agents, agents_w, st.agents, _agent_key, _agent_values)
-                remember(calls, calls_w, st.calls, _call_key, _call_values)
-                self.stats["agent_rows"] += len(agents_w)
-                self.stats["call_rows"] += len(calls_w)
+                done()
             else:
                 self.state.forget(snap.tenant)
             return ok
@@ -468,8 +518,41 @@ class GraphSink:
         if not self._schema_applied:
             self.apply_schema(driver)
             progress.tick()
+        t0 = time.perf_counter()
+        try:
+            for lanes in T.stages(batch.steps, self.spec.batch_size, self.spec.parallel, P.splittable):
+                if len(lanes) == 1:
+                    self._lane(driver, lanes[0], progress)
+                    continue
+                self._lanes(driver, lanes, progress)
+        finally:
+            self.timing["statements_s"] += time.perf_counter() - t0
+
+    def _lanes(self, driver, lanes: list[list[T.Transaction]], progress: _Progress) -> None:
+        """Run lanes concurrently, each in a daemon thread (a lane stuck on a frozen server
+        must not keep the process alive: ``_bounded`` abandons the attempt); the first
+        error is raised once every lane has ended."""
+        errors: list[BaseException] = []
+
+        def run(lane: list[T.Transaction]) -> None:
+            try:
+                self._lane(driver, lane, progress)
+            except BaseException as err:  # noqa: BLE001 - raised by the caller
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(lane,), name="graph-sink-lane", daemon=True)
+                   for lane in lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _lane(self, driver, lane: list[T.Transaction], progress: _Progress) -> None:
+        _LANE.timing = self.timing
         with driver.session(database=self.spec.database) as session:
-            for group in _transactions(batch.steps, self.spec.batch_size):
+            for group in lane:
                 session.execute_write(_run_steps, group)
                 progress.tick()
 
@@ -554,21 +637,13 @@ def pending_batches(path: str) -> int:
     return n
 
 
-def _transactions(steps: list[tuple[str, list[dict]]], size: int) -> list[list[tuple[str, list[dict]]]]:
-    """Split steps into transactions of at most ``size`` rows, keeping step order."""
-    groups: list[list[tuple[str, list[dict]]]] = [[]]
-    used = 0
-    for name, rows in steps:
-        for i in range(0, len(rows), size):
-            chunk = rows[i:i + size]
-            if used and used + len(chunk) > size:
-                groups.append([])
-                used = 0
-            groups[-1].append((name, chunk))
-            used += len(chunk)
-    return [g for g in groups if g]
+_LANE = threading.local()  # the running lane's sink timing (``_run_steps`` keeps its signature)
 
 
-def _run_steps(tx, group: list[tuple[str, list[dict]]]) -> None:
-    for name, rows in group:
-        tx.run(STATEMENTS[name], rows=rows).consume()
+def _run_steps(tx, group: T.Transaction) -> None:
+    timing = getattr(_LANE, "timing", None)
+    for name, payload in group:
+        t0 = time.perf_counter()
+        tx.run(STATEMENTS[name], T.params(payload)).consume()
+        if timing is not None:
+            timing[f"step.{name}"] += time.perf_counter() - t0

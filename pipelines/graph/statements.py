@@ -1,8 +1,9 @@
 """The Cypher of the graph sink: standard Neo4j 5 Cypher that the embedded ArcadeDB Bolt
 server runs verbatim (each statement is exercised against it by tests/test_graph_sink.py).
 
-Every write is ``UNWIND $rows AS row ... MERGE`` on a unique key, so replaying a batch
-changes nothing. Values that describe "now" (agent metrics, CALLS weight, a window's
+Every write is an ``UNWIND`` over rows (or over lists, one per property) that MERGEs on a
+unique key, or MATCHes a key the writer created earlier, so replaying a batch changes
+nothing. Values that describe "now" (agent metrics, CALLS weight, a window's
 snapshot, a prediction) are set only from a row at least as new as what the graph holds
 (``last_window`` / pane guards), and ``first_window`` takes the minimum: the result does
 not depend on the order batches arrive in (a spilled batch replayed later, a late pane).
@@ -11,6 +12,8 @@ not depend on the order batches arrive in (a spilled batch replayed later, a lat
 from __future__ import annotations
 
 import os
+
+from pipelines.graph.rows import AGENT_PROPS
 
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "schemas", "graph.v1.cypher")
@@ -43,6 +46,63 @@ MERGE (a)-[r:CALLS]->(b)
 WITH r, row WHERE r.last_window IS NULL OR row.window >= r.last_window
 SET r.weight = row.weight, r.errors = row.errors, r.latency_ms = row.latency_ms,
     r.last_window = row.window
+"""
+
+# -- column-shaped statements (``pipelines.graph.plan``): one list per property and the
+# window as one scalar, ``UNWIND range(0, size($key) - 1) AS i`` over them; rows sorted by
+# key. A NaN agent metric is None in its column and leaves the value held (as ``+=`` with
+# the key left out did). Three kinds per row type: MERGE (new keys, windows earlier than
+# any seen: every guard), UPDATE (keys this process wrote: MATCH by key + SET), TOUCH
+# (staggered refresh of unchanged rows: ``last_window`` only).
+_AGENT_VALUES = ", ".join(f"a.{p} = coalesce(${p}[i], a.{p})" for p in AGENT_PROPS)
+_CALL_VALUES = ("r.weight = $weight[i], r.errors = $errors[i], r.latency_ms = $latency_ms[i], "
+                "r.last_window = $window")
+_ID = "substring({k}, size($tenant) + 1)"  # an agent key is tenant/agent_id (rows.agent_key)
+_FIRST_COL = ("SET {v}.first_window = CASE WHEN {v}.first_window IS NULL OR $window < {v}.first_window "
+              "THEN $window ELSE {v}.first_window END")
+
+AGENTS_MERGE = f"""
+UNWIND range(0, size($key) - 1) AS i
+MERGE (a:Agent {{key: $key[i]}}) ON CREATE SET a.tenant = $tenant, a.id = {_ID.format(k='$key[i]')}
+{_FIRST_COL.format(v='a')}
+WITH a, i WHERE a.last_window IS NULL OR $window >= a.last_window
+SET {_AGENT_VALUES}, a.last_window = $window
+"""
+
+AGENTS_UPDATE = f"""
+UNWIND range(0, size($key) - 1) AS i
+MATCH (a:Agent {{key: $key[i]}}) WHERE a.last_window IS NULL OR a.last_window <= $window
+SET {_AGENT_VALUES}, a.last_window = $window
+"""
+
+AGENTS_TOUCH = """
+UNWIND $key AS k
+MATCH (a:Agent {key: k}) WHERE a.last_window IS NULL OR a.last_window < $window
+SET a.last_window = $window
+"""
+
+CALLS_MERGE = f"""
+UNWIND range(0, size($src) - 1) AS i
+MERGE (a:Agent {{key: $src[i]}}) ON CREATE SET a.tenant = $tenant, a.id = {_ID.format(k='$src[i]')}
+MERGE (b:Agent {{key: $dst[i]}}) ON CREATE SET b.tenant = $tenant, b.id = {_ID.format(k='$dst[i]')}
+MERGE (a)-[r:CALLS]->(b)
+{_FIRST_COL.format(v='r')}
+WITH r, i WHERE r.last_window IS NULL OR $window >= r.last_window
+SET {_CALL_VALUES}
+"""
+
+CALLS_UPDATE = f"""
+UNWIND range(0, size($src) - 1) AS i
+MATCH (a:Agent {{key: $src[i]}})-[r:CALLS]->(b:Agent {{key: $dst[i]}})
+WHERE r.last_window IS NULL OR r.last_window <= $window
+SET {_CALL_VALUES}
+"""
+
+CALLS_TOUCH = """
+UNWIND range(0, size($src) - 1) AS i
+MATCH (a:Agent {key: $src[i]})-[r:CALLS]->(b:Agent {key: $dst[i]})
+WHERE r.last_window IS NULL OR r.last_window < $window
+SET r.last_window = $window
 """
 
 _WINDOW = """

@@ -30,6 +30,7 @@ class GraphSettings:
     timeout_ms: float = 1000.0
     give_up_s: float = 20.0  # one delivery gives up (and spills) after this long
     stall_timeout_s: float = 15.0  # an attempt that commits no transaction this long is abandoned
+    parallel: int = 1  # concurrent transactions for the agent/CALLS updates of a window
 
     def resolved(self) -> GraphSettings:
         """Environment fallbacks: NEO4J_URI, NEO4J_USER (or NEO4J_USERNAME), NEO4J_PASSWORD,
@@ -54,7 +55,7 @@ def _spec(s: GraphSettings, uri: str, user: str, password: str, out_dir: str) ->
                      refresh_windows=s.refresh_windows, batch_size=s.batch_size, top_k=s.top_k,
                      slide_ms=s.slide_ms, spill_path=spill_path(out_dir),
                      latency_ref_ms=s.latency_ref_ms, timeout_ms=s.timeout_ms, give_up_s=s.give_up_s,
-                     stall_timeout_s=s.stall_timeout_s)
+                     stall_timeout_s=s.stall_timeout_s, parallel=s.parallel)
 
 
 @contextmanager
