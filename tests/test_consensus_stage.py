@@ -211,3 +211,21 @@ def test_a_validator_whose_model_fails_abstains_and_the_others_commit(onnx):
     committed, disputed = two_down.process(requests(onnx, n=10, wrong=frozenset()))
     assert (len(committed), len(disputed)) == (0, 10)  # more than f faulty: no quorum, nothing passes
     assert {d.reason for d in disputed} == {"no_quorum"}
+
+
+def test_an_audit_log_is_never_empty_even_if_the_process_dies_at_once(tmp_path):
+    """Found by CI (the twice-killed crash test): a job SIGKILLed right after it opened its
+    chain left an empty audit file, which `verify_log` rejects. The header now reaches the
+    file, before anything else; a log killed before its first block verifies."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "audit" / "chain-x.ndjson"
+    code = ("import os, signal\nfrom pipelines.consensus.audit import AuditLog\n"
+            "from pipelines.consensus.crypto import make_committee\n"
+            f"log = AuditLog({str(path)!r}, make_committee(4)[0], 'x')  # alive when killed\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    rc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode
+    assert rc == -9
+    report = verify_log(str(path))
+    assert report.ok and report.blocks == 0, report

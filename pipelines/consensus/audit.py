@@ -25,8 +25,9 @@ class AuditLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self._fh = open(path, "ab")  # noqa: SIM115 - kept open for appends, closed in close()
-        if self._fh.tell() == 0:
+        if self._fh.tell() == 0:  # the header on disk at once: a kill must not leave the file empty
             self._write({"type": "header", "chain_id": chain_id, "committee": committee.to_dict()})
+            self._fh.flush()
 
     def _write(self, rec: dict) -> None:
         self._fh.write(canonical(rec) + b"\n")
