@@ -13,8 +13,6 @@ A missing binary fails these tests (``make`` installs it), it does not skip them
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ import pytest
 import yaml
 
 from pipelines.alerts.alertmanager_server import AlertmanagerProcess, free_port
+from pipelines.service.processes import terminate
 from pipelines.simulation.scenario import ScenarioConfig
 from tests.service_fixture import DURATION_S, LiveService
 
@@ -73,14 +72,7 @@ class PrometheusProcess:
 
     def stop(self, grace_s: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(grace_s)
+        terminate(proc, grace_s)
 
     def query(self, expr: str) -> list[dict]:
         r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5.0)

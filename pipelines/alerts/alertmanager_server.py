@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 
 import httpx
+
+from pipelines.service.processes import terminate
 
 BINARY = "/usr/bin/prometheus-alertmanager"
 INSTALL_HINT = ("install it with `apt-get install -y --no-install-recommends prometheus-alertmanager` "
@@ -101,14 +102,7 @@ class AlertmanagerProcess:
     def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM to our PID, SIGKILL if it does not exit within ``grace_s``."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(grace_s)
+        terminate(proc, grace_s)
 
     @property
     def running(self) -> bool:

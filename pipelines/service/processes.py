@@ -76,6 +76,18 @@ def spawn(name: str, args: list[str], log_dir: str, env: dict[str, str] | None =
     return Child(name, proc, log_path)
 
 
+def terminate(proc: subprocess.Popen | None, grace_s: float) -> None:
+    """SIGTERM to ``proc``'s PID, SIGKILL if it does not exit within ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(grace_s)
+
+
 def wait_until(check, timeout_s: float, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
