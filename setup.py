@@ -88,6 +88,8 @@ TEST = [
     "websockets==17.4",
     # builds the Grafana dashboards as code (infra/grafana/build.py); the epoch is part of the version
     "grafana-foundation-sdk==1769699998!10.1.0",
+    # reads and writes the sized Flink manifests (infra/flink/sizing.py); the Prometheus tests read rules
+    "pyyaml==6.0.4",
 ]
 
 setup(
