@@ -107,6 +107,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window-slide", dest="window_slide_s", type=float)
     p.add_argument("--allowed-lateness", dest="allowed_lateness_s", type=float)
     p.add_argument("--max-out-of-orderness", dest="max_out_of_orderness_s", type=float)
+    p.add_argument("--tenant-idle-timeout", dest="tenant_idle_timeout_s", type=float,
+                   help="landing: close a tenant's open windows after this many seconds without "
+                        "its records (default 30)")
     p.add_argument("--idle-timeout", dest="idle_timeout_s", type=float,
                    help="landing: stop after this many seconds without new files")
     p.add_argument("--max-runtime", dest="max_runtime_s", type=float)
@@ -234,6 +237,7 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
                           window_size_s=a.window_size_s, window_slide_s=a.window_slide_s,
                           allowed_lateness_s=a.allowed_lateness_s,
                           max_out_of_orderness_s=a.max_out_of_orderness_s,
+                          tenant_idle_timeout_s=a.tenant_idle_timeout_s,
                           idle_timeout_s=a.idle_timeout_s, max_runtime_s=a.max_runtime_s,
                           features=a.features, ph_backend=a.ph_backend,
                           comove_max_points=a.comove_max_points, predict=a.predict, model_dir=a.model_dir,
@@ -256,6 +260,7 @@ def run_job(a: argparse.Namespace, progress_total: int | None = None):
             print(f"aura run: stages warmed up in {took:.1f} s", file=sys.stderr)
             on_file = (lambda _p, st: bar.update(st.read - bar.n)) if bar else None
             source = LandingDirectory(cfg.landing, spec, max_out_of_orderness_s=cfg.max_out_of_orderness_s,
+                                      tenant_idle_timeout_s=cfg.tenant_idle_timeout_s,
                                       poll_interval_s=cfg.poll_interval_s, idle_timeout_s=cfg.idle_timeout_s,
                                       max_runtime_s=cfg.max_runtime_s, guard=cfg.guard(), on_file=on_file,
                                       on_start=lambda: mark_running(cfg.out), out_dir=cfg.out)

@@ -28,7 +28,12 @@ class RunConfig:
     window_size_s: float = 10.0
     window_slide_s: float | None = None  # None: tumbling windows
     allowed_lateness_s: float = 30.0
-    max_out_of_orderness_s: float = 5.0  # watermark = largest event time seen - this
+    max_out_of_orderness_s: float = 5.0  # a tenant's watermark = its largest event time seen - this
+    # landing: a tenant without records for this long (wall clock) has its open windows closed.
+    # 30 s: ~3 files of a tenant landing one 10 s window at a time, so a tenant that is merely
+    # slow is not cut off, and an idle tenant's last windows still close within a minute
+    # (the default allowed lateness, 30 s, is of the same order). None: only at the end.
+    tenant_idle_timeout_s: float | None = 30.0
     max_ahead_s: float = 3600.0  # timestamps this far ahead of the watermark are absurd
     max_behind_s: float = 86400.0  # ... and this far behind
     poll_interval_s: float = 0.2
@@ -80,6 +85,8 @@ class RunConfig:
         if self.mode == "batch" and self.landing is not None:
             raise ValueError("a landing directory is read by the streaming job; use --input for batch")
         self.window_spec()  # raises on a bad window
+        if self.tenant_idle_timeout_s is not None and not self.tenant_idle_timeout_s > 0:
+            raise ValueError(f"tenant_idle_timeout_s must be > 0 seconds, got {self.tenant_idle_timeout_s}")
         if self.ph_backend not in ("ripser", "giotto"):
             raise ValueError(f"ph_backend must be 'ripser' or 'giotto', got {self.ph_backend!r}")
         self.extractor()  # raises on bad feature parameters

@@ -2,12 +2,20 @@
 
 One SQLite file per output directory (``<out>/_ledger.sqlite``) outlives any process that
 writes there. Per landed file (keyed by name and content hash, so a file read twice counts
-once): records read, handed to windows and dead-lettered by reason, the watermark before and
-after it, and how many of its records went to each (tenant, window). A window is *final*
-once its last pane on disk holds every record the source handed it (and its downstream
-outputs exist); a file is *retired* (may leave the landing directory) once every window it
-feeds is final. After a crash, the files not retired are read again, in their first order
-and with their first lateness decisions, so the windows they feed are rebuilt whole.
+once): records read, handed to windows and dead-lettered by reason, every tenant's watermark
+before and after it (JSON objects; event time is per tenant, ``pipelines.tenant_time``), and
+how many of its records went to each (tenant, window). A window is *final* once its
+tenant's watermark passed its end plus the allowed lateness (or the stream ended) and its
+last pane on disk holds every record the source handed it (and its downstream outputs
+exist); a file is *retired* (may leave the landing directory) once every window it feeds is
+final. After a crash, the files not retired are read again, in their first order and with
+their first tenants' watermarks, so the windows they feed are rebuilt whole with the same
+lateness decisions.
+
+A ledger written before per-tenant event time (one watermark for all tenants, in
+``wm_before``/``wm_after``) is upgraded in place: its watermark counts for every tenant when
+the source resumes; a file of it not yet retired cannot be read again with per-tenant
+watermarks, which is a clear error.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -30,7 +39,7 @@ CREATE TABLE IF NOT EXISTS files (
   key TEXT PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, bytes INTEGER NOT NULL,
   read INTEGER NOT NULL, emitted INTEGER NOT NULL, dead TEXT NOT NULL,
   wm_before REAL, wm_after REAL, max_seen REAL, retired INTEGER NOT NULL DEFAULT 0,
-  reads INTEGER NOT NULL DEFAULT 1, run INTEGER NOT NULL);
+  reads INTEGER NOT NULL DEFAULT 1, run INTEGER NOT NULL, tenant_wm_before TEXT, tenant_wm_after TEXT);
 CREATE TABLE IF NOT EXISTS file_windows (
   key TEXT NOT NULL, tenant TEXT NOT NULL, window_ms INTEGER NOT NULL, n INTEGER NOT NULL,
   PRIMARY KEY (key, tenant, window_ms));
@@ -62,10 +71,16 @@ class FileRead:
     read: int
     emitted: int
     dead: Counter
-    wm_before: float | None
-    wm_after: float | None
-    max_seen: float | None
+    wm_before: dict[str, float]  # tenant -> watermark before the file was read
+    wm_after: dict[str, float]  # ... and after
+    max_seen: dict[str, float]  # tenant -> largest event time seen so far
     windows: Counter = field(default_factory=Counter)  # (tenant, window ms) -> records
+
+
+def _top(values: dict[str, float]) -> float | None:
+    """The largest of a tenant -> time map (kept in the plain columns, for people)."""
+    finite = [v for v in values.values() if math.isfinite(v)]
+    return max(finite) if finite else None
 
 
 GRAPH_MARK = "graph_written"  # an empty file per pane whose prediction is in the graph (or spilled)
@@ -119,6 +134,10 @@ class SourceLedger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+        for col in ("tenant_wm_before", "tenant_wm_after"):  # a ledger from before per-tenant time
+            if col not in columns:
+                self.db.execute(f"ALTER TABLE files ADD COLUMN {col} TEXT")
         self.run = self.db.execute("INSERT INTO runs (pid, started) VALUES (?, ?)",
                                    (os.getpid(), time.time())).lastrowid
 
@@ -128,10 +147,19 @@ class SourceLedger:
 
     # -- files ---------------------------------------------------------------------------
     def prior(self, key: str) -> dict | None:
-        """What an earlier read of this file recorded (None: never read)."""
-        row = self.db.execute("SELECT seq, wm_before, wm_after, retired FROM files WHERE key = ?",
-                              (key,)).fetchone()
-        return None if row is None else dict(zip(("seq", "wm_before", "wm_after", "retired"), row))
+        """What an earlier read of this file recorded (None: never read): ``seq``, ``retired``
+        and the tenants' watermarks ``wm_before`` and ``wm_after``."""
+        row = self.db.execute("SELECT seq, retired, tenant_wm_before, tenant_wm_after FROM files "
+                              "WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row[2] is None and not row[1]:
+            raise RuntimeError(
+                f"{key.split(':')[0]!r} was read by an AURA version with one watermark for all tenants "
+                f"and is not yet safe; finish that output ({self.out_dir!r}) with that version, or "
+                f"start a new output directory")
+        return {"seq": row[0], "retired": row[1], "wm_before": json.loads(row[2] or "{}"),
+                "wm_after": json.loads(row[3] or "{}")}
 
     def unretired(self) -> list[str]:
         """Names of files read but not retired, in their first reading order."""
@@ -146,39 +174,49 @@ class SourceLedger:
                                           .fetchone()[0])
             self.db.execute(
                 "INSERT INTO files (key, name, seq, bytes, read, emitted, dead, wm_before, wm_after, "
-                "max_seen, retired, reads, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?) "
+                "max_seen, retired, reads, run, tenant_wm_before, tenant_wm_after) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET read = excluded.read, emitted = excluded.emitted, "
                 "dead = excluded.dead, wm_after = excluded.wm_after, max_seen = excluded.max_seen, "
-                "reads = files.reads + 1, run = excluded.run",
+                "tenant_wm_after = excluded.tenant_wm_after, reads = files.reads + 1, run = excluded.run",
                 (f.key, f.name, seq, f.bytes, f.read, f.emitted, json.dumps(dict(f.dead), sort_keys=True),
-                 f.wm_before, f.wm_after, f.max_seen, self.run))
+                 _top(f.wm_before), _top(f.wm_after), _top(f.max_seen), self.run,
+                 json.dumps(f.wm_before, sort_keys=True), json.dumps(f.wm_after, sort_keys=True)))
             self.db.execute("DELETE FROM file_windows WHERE key = ?", (f.key,))
             self.db.executemany("INSERT INTO file_windows VALUES (?, ?, ?, ?)",
                                 [(f.key, t, w, n) for (t, w), n in f.windows.items()])
 
-    def resume(self) -> tuple[float | None, float | None]:
-        """(watermark, largest event time) the source had reached over every run."""
-        row = self.db.execute("SELECT MAX(wm_after), MAX(max_seen) FROM files").fetchone()
-        return row[0], row[1]
+    def resume(self) -> tuple[float | None, dict[str, float]]:
+        """(watermark of every tenant, from a ledger of before per-tenant time, or None;
+        tenant -> watermark) the source had reached over every run."""
+        floor = self.db.execute("SELECT MAX(wm_after) FROM files WHERE tenant_wm_after IS NULL").fetchone()[0]
+        wms: dict[str, float] = {}
+        for (after,) in self.db.execute("SELECT tenant_wm_after FROM files "
+                                        "WHERE tenant_wm_after IS NOT NULL"):
+            for tenant, t in json.loads(after).items():
+                wms[tenant] = max(t, wms.get(tenant, t))
+        return floor, wms
 
     # -- windows -------------------------------------------------------------------------
     def final_windows(self) -> set[tuple[str, int]]:
         return {(t, w) for t, w in self.db.execute("SELECT tenant, window_ms FROM final_windows")}
 
-    def settle(self, watermark: float | None, kinds: tuple[str, ...]) -> list[str]:
-        """Mark final every open window whose time is up (``watermark`` past its end plus the
-        allowed lateness; ``None``: the stream ended, every window fired) and whose last pane
-        on disk holds all its records; retire the files all of whose windows are final.
-        Returns the names of the files retired now."""
+    def settle(self, watermark: float | dict[str, float] | None, kinds: tuple[str, ...]) -> list[str]:
+        """Mark final every open window whose time is up (its tenant's watermark past its end
+        plus the allowed lateness: ``watermark`` maps tenant -> watermark, a number is every
+        tenant's; ``None``: the stream ended, every window fired) and whose last pane on disk
+        holds all its records; retire the files all of whose windows are final. Returns the
+        names of the files retired now."""
         open_windows = self.db.execute(
             "SELECT fw.tenant, fw.window_ms, SUM(fw.n) FROM file_windows fw "
             "LEFT JOIN final_windows f ON f.tenant = fw.tenant AND f.window_ms = fw.window_ms "
             "WHERE f.tenant IS NULL GROUP BY fw.tenant, fw.window_ms").fetchall()
-        cutoff = None if watermark is None else watermark * 1000 - self.size_ms - self.lateness_ms
         done = []
         for tenant, w, expected in open_windows:
-            if cutoff is not None and w >= cutoff:
-                continue
+            if watermark is not None:
+                wm = watermark.get(tenant) if isinstance(watermark, dict) else watermark
+                if wm is None or w >= wm * 1000 - self.size_ms - self.lateness_ms:
+                    continue
             last = last_pane(self.out_dir, tenant, w)
             if last is None or last[1] != expected:
                 if watermark is None and last is not None and last[1] < expected:

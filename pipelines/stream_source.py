@@ -1,19 +1,22 @@
-"""The streaming source: telemetry files -> timestamped records, dead letters, watermarks.
+"""The streaming source: telemetry files -> window panes and dead letters.
 
 Engine-agnostic. It turns batches of input (files dropped into a landing directory, or a
-test's script) into a sequence of events: ``Records``, ``DeadLetters`` and ``Watermark``.
-It owns the event-time watermark, so it is also where lateness is decided: a record whose
-every window has expired (watermark > window end + allowed lateness) becomes a dead letter
-with reason ``late`` here instead of being dropped silently by the engine later.
+test's script) into a sequence of events: ``Panes`` and ``DeadLetters``. It owns event
+time, one watermark per tenant (``pipelines.tenant_time``: largest event time of the tenant
+minus the out-of-orderness), so it decides both when a window fires (the engine only turns
+each pane into its snapshot) and lateness: a record whose every window has expired for its
+tenant (tenant watermark > window end + allowed lateness) becomes a dead letter with reason
+``late`` here. One tenant far ahead in event time makes no other tenant's records late.
 
 With a ledger (``pipelines.source_ledger``) the landing directory is crash-safe: a file
 stays in the landing directory until every window it feeds is final on disk; a restarted
 source first reads again, in their first order and with their first watermarks, the files
-not yet retired, then goes on with new ones.
+not yet retired (with the tenants' watermarks they first had), then goes on with new ones.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -27,18 +30,19 @@ from pipelines import failpoints, observe, tracing
 from pipelines.inputs import INPUT_SUFFIXES
 from pipelines.source_ledger import FileRead, SourceLedger, file_key
 from pipelines.telemetry import LATE, DeadLetter, ParseResult, TimestampGuard, parse_file, parse_lines
-from pipelines.windowing import WindowSpec, ms, slice_batches
+from pipelines.tenant_time import Pane, TenantWindows
+from pipelines.windowing import WindowSpec, ms
 
 
 @dataclass(frozen=True)
-class Records:
-    """Record batches: ((tenant, [record, ...]), slice start), see ``slice_batches``."""
+class Panes:
+    """Window panes fired by the tenants' watermarks, in firing order."""
 
-    items: list[tuple[tuple[str, list[dict]], float]]
+    items: list[Pane]
 
     @property
     def n_records(self) -> int:
-        return sum(len(batch) for (_, batch), _ in self.items)
+        return sum(len(p.records) for p in self.items)
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,7 @@ class DeadLetters:
     items: list[DeadLetter]
 
 
-@dataclass(frozen=True)
-class Watermark:
-    t: float
-
-
-Event = Records | DeadLetters | Watermark
+Event = Panes | DeadLetters
 
 
 @dataclass
@@ -69,23 +68,26 @@ class SourceStats:
 
 
 class EventBuilder:
-    """Parses batches, applies the timestamp guard and the lateness gate, tracks counts."""
+    """Parses batches, applies the timestamp guard and the per-tenant lateness gate, fires
+    the panes of each tenant's windows (``TenantWindows``), tracks counts."""
 
-    def __init__(self, spec: WindowSpec, guard: TimestampGuard | None = None):
+    def __init__(self, spec: WindowSpec, guard: TimestampGuard | None = None,
+                 tenant_idle_timeout_s: float | None = None):
         self.spec = spec
         self.guard = guard or TimestampGuard()
-        self.watermark: float | None = None
-        self.max_seen: float | None = None
+        self.clock = TenantWindows(spec, tenant_idle_timeout_s)
         self.stats = SourceStats()
         self.final: set[tuple[str, int]] = set()  # (tenant, window ms) already final on disk
+        self.handed: Counter = Counter()  # (tenant, window ms) -> records, of the last batch
 
     def _closed(self, rec: dict, again: bool) -> bool:
-        """Every window of the record fired its final pane (by watermark, or in an earlier run;
-        a file read ``again`` went to those windows the first time, so only the watermark counts)."""
-        t = rec["event_time"]
-        if self.watermark is not None and self.spec.is_late(t, self.watermark):
+        """Every window of the record fired its final pane (by its tenant's watermark, or in an
+        earlier run; a file read ``again`` went to those windows the first time, so only the
+        watermark counts)."""
+        tenant, t = rec["tenant"], rec["event_time"]
+        if self.clock.is_late(tenant, t):
             return True
-        return not again and bool(self.final) and all((rec["tenant"], ms(s)) in self.final
+        return not again and bool(self.final) and all((tenant, ms(s)) in self.final
                                                       for s in self.spec.starts(t))
 
     def from_result(self, res: ParseResult, source: str, again: bool = False) -> list[Event]:
@@ -95,21 +97,18 @@ class EventBuilder:
         dead = list(res.dead)
         ok: list[dict] = []
         for rec, (raw, pos) in zip(res.records, res.origins):
-            t = rec["event_time"]
             if self._closed(rec, again):
-                dead.append(DeadLetter(LATE, f"event time {t:.3f}: its windows closed before "
-                                       f"watermark {self.watermark or float('-inf'):.3f}", source, pos, raw))
+                wm = self.clock.watermark(rec["tenant"])
+                dead.append(DeadLetter(LATE, f"event time {rec['event_time']:.3f}: its windows closed "
+                                       f"before tenant {rec['tenant']!r}'s watermark "
+                                       f"{wm if wm is not None else float('-inf'):.3f}", source, pos, raw))
             else:
                 ok.append(rec)
         self.stats.emitted += len(ok)
-        if ok:
-            top = max(r["event_time"] for r in ok)
-            self.max_seen = top if self.max_seen is None else max(self.max_seen, top)
         self.stats.dead.update(d.reason for d in dead)
         observe.records(ok, dead)
-        events: list[Event] = []
-        if ok:
-            events.append(Records(slice_batches(ok, self.spec)))
+        panes, self.handed = self.clock.add(ok, time.monotonic())
+        events = self._panes(panes)
         if dead:
             events.append(DeadLetters(dead))
         return events
@@ -124,39 +123,62 @@ class EventBuilder:
         return self._traced(self.from_result(parse_file(path, self.guard), path, again), path, t0)
 
     def _traced(self, events: list[Event], source: str, t0: int) -> list[Event]:
-        trace_parse(events, self.spec, source, t0)
+        trace_parse(self.handed, source, t0)
         return events
 
     def file_then_advance(self, path: str, lag_s: float) -> list[Event]:
-        """Events of one file, then the watermark moved to (largest event time - lag)."""
-        events = self.file(path)
-        if self.max_seen is not None:
-            events += self.advance(self.max_seen - lag_s)
-        return events
+        """Events of one file, then each tenant's watermark moved to (its largest event time
+        - lag)."""
+        return self.file(path) + self.advance_by_lag(lag_s)
+
+    def advance_by_lag(self, lag_s: float, at_least: dict[str, float] | None = None) -> list[Event]:
+        """Each tenant's watermark to its largest event time - ``lag_s`` (or ``at_least``)."""
+        panes: list[Pane] = []
+        for tenant, top in self.clock.max_seen().items():
+            panes += self.clock.advance(tenant, max(top - lag_s, (at_least or {}).get(tenant, -math.inf)))
+        return self._panes(panes)
+
+    def restore(self, watermarks: dict[str, float]) -> list[Event]:
+        """Tenants' watermarks forward to at least these (a file read again after a restart)."""
+        return self._panes([p for tenant, t in sorted(watermarks.items())
+                            for p in self.clock.advance(tenant, t)])
 
     def advance(self, t: float) -> list[Event]:
-        """Move the watermark forward to ``t`` (never backwards)."""
-        if self.watermark is not None and t <= self.watermark:
-            return []
-        self.watermark = t
-        self.guard.watermark = t
-        observe.watermark(self.max_seen, t)
-        return [Watermark(t)]
+        """Every tenant's watermark forward to at least ``t`` (never backwards)."""
+        return self._panes(self.clock.advance_all(t))
+
+    def idle(self, now: float) -> list[Event]:
+        """Close the windows of tenants idle for the timeout (wall clock ``now``, monotonic)."""
+        return self._panes(self.clock.idle(now))
+
+    def flush(self) -> list[Event]:
+        """End of stream: every open window fires."""
+        return self._panes(self.clock.flush())
+
+    def _panes(self, panes: list[Pane]) -> list[Event]:
+        wms, tops = self.clock.watermarks(), self.clock.max_seen()
+        finite = [w for w in wms.values() if math.isfinite(w)]
+        self.guard.watermark = max(finite) if finite else None  # absurd timestamps: stream-wide
+        lags = [(tops[k] - w, k) for k, w in wms.items() if k in tops and math.isfinite(w)]
+        if lags:
+            k = max(lags)[1]
+            observe.watermark(tops[k], wms[k])  # the tenant furthest behind its newest record
+        return [Panes(panes)] if panes else []
 
 
-def trace_parse(events: list[Event], spec: WindowSpec, source: str, t0: int) -> None:
+def trace_parse(windows: Counter, source: str, t0: int) -> None:
     """A ``parse`` span (from ``t0`` to now) in the trace of every window the parsed batch
-    feeds (tracing on only)."""
+    feeds, ``windows``: (tenant, window ms) -> records (tracing on only)."""
     if tracing.enabled():
         end, name = time.time_ns(), os.path.basename(source)
-        for (tenant, window_ms), n in _windows_of(events, spec).items():
+        for (tenant, window_ms), n in windows.items():
             tracing.record_span("parse", tenant, window_ms, t0, end, source=name, records=n)
 
 
 def scripted_events(script: Iterable[tuple], spec: WindowSpec,
                     guard: TimestampGuard | None = None) -> tuple[list[Event], SourceStats]:
     """Events for a test script of ``("lines", source, [bytes, ...])`` and
-    ``("watermark", t)`` steps."""
+    ``("watermark", t)`` steps (every tenant's watermark), then the end of the stream."""
     b = EventBuilder(spec, guard)
     events: list[Event] = []
     for step in script:
@@ -166,18 +188,12 @@ def scripted_events(script: Iterable[tuple], spec: WindowSpec,
             events += b.advance(float(step[1]))
         else:
             raise ValueError(f"unknown script step {step[0]!r}")
-    return events, b.stats
+    return events + b.flush(), b.stats
 
 
-def _windows_of(events: list[Event], spec: WindowSpec) -> Counter:
-    """(tenant, window ms) -> records handed to that window by these events."""
-    out: Counter = Counter()
-    for ev in events:
-        if isinstance(ev, Records):
-            for (tenant, batch), start in ev.items:
-                for w in spec.starts(start):
-                    out[(tenant, ms(w))] += len(batch)
-    return out
+def window_counts(records: list[dict], spec: WindowSpec) -> Counter:
+    """(tenant, window ms) -> records of ``records`` in that window (all of their windows)."""
+    return Counter((r["tenant"], ms(s)) for r in records for s in spec.starts(r["event_time"]))
 
 
 @dataclass
@@ -185,9 +201,11 @@ class LandingDirectory:
     """Polls a directory for new telemetry files and turns each into events.
 
     Writers drop complete files (write ``name.tmp``, then rename); files whose names start
-    with ``.`` or ``_`` or end in ``.tmp`` are ignored. The watermark trails the largest event
-    time seen by ``max_out_of_orderness_s``. The stream ends when ``stop_file`` appears, after
-    ``idle_timeout_s`` without new files, or after ``max_runtime_s``.
+    with ``.`` or ``_`` or end in ``.tmp`` are ignored. Each tenant's watermark trails its
+    largest event time by ``max_out_of_orderness_s``; a tenant without records for
+    ``tenant_idle_timeout_s`` (wall clock) has its open windows closed. The stream ends (every
+    open window fires) when ``stop_file`` appears, after ``idle_timeout_s`` without new files,
+    or after ``max_runtime_s``.
 
     Without ``out_dir`` a file moves into ``archive`` once its events are out (a crash then
     loses the windows that were still open). With ``out_dir`` the source keeps its ledger
@@ -200,11 +218,12 @@ class LandingDirectory:
     spec: WindowSpec
     archive: str | None = None
     max_out_of_orderness_s: float = 5.0
+    tenant_idle_timeout_s: float | None = 30.0
     poll_interval_s: float = 0.2
     idle_timeout_s: float | None = None
     max_runtime_s: float | None = None
     stop_file: str = "_STOP"
-    heartbeat_s: float = 5.0
+    settle_s: float = 5.0  # with a ledger: how often to retire files while no new ones land
     guard: TimestampGuard = field(default_factory=TimestampGuard)
     on_file: Callable[[str, SourceStats], None] | None = None
     on_start: Callable[[], None] | None = None  # called once the engine asks for the first events
@@ -216,7 +235,7 @@ class LandingDirectory:
             raise FileNotFoundError(f"landing directory {self.path!r} does not exist")
         self.archive = self.archive or os.path.join(self.path, "_processed")
         os.makedirs(self.archive, exist_ok=True)
-        self.builder = EventBuilder(self.spec, self.guard)
+        self.builder = EventBuilder(self.spec, self.guard, self.tenant_idle_timeout_s)
         self.ledger: SourceLedger | None = None
         self._seen: set[str] = set()  # read by this run, not yet archived
         if self.out_dir is not None:
@@ -243,16 +262,12 @@ class LandingDirectory:
 
     def _read(self, path: str, key: str | None, prior: dict | None) -> Iterator[Event]:
         """One file's events; with a ledger, recorded (and its dead letters written) first."""
-        b = self.builder
+        b, events = self.builder, []
         if prior is not None:  # read again after a restart: decide lateness as the first time
-            b.watermark = b.guard.watermark = prior["wm_before"]
-        wm_before, stats_before = b.watermark, (b.stats.read, b.stats.emitted, Counter(b.stats.dead))
-        events = b.file(path, again=prior is not None)
-        if b.max_seen is not None:
-            target = b.max_seen - self.max_out_of_orderness_s
-            if prior is not None and prior["wm_after"] is not None:
-                target = max(target, prior["wm_after"])
-            events += b.advance(target)
+            events += b.restore(prior["wm_before"])
+        wm_before, stats_before = b.clock.watermarks(), (b.stats.read, b.stats.emitted, Counter(b.stats.dead))
+        events += b.file(path, again=prior is not None)
+        events += b.advance_by_lag(self.max_out_of_orderness_s, prior["wm_after"] if prior else None)
         if self.ledger is not None:
             dead = [d for ev in events if isinstance(ev, DeadLetters) for d in ev.items]
             if dead:
@@ -260,12 +275,12 @@ class LandingDirectory:
             self.ledger.record(FileRead(
                 key, os.path.basename(path), os.path.getsize(path), b.stats.read - stats_before[0],
                 b.stats.emitted - stats_before[1], b.stats.dead - stats_before[2], wm_before,
-                b.watermark, b.max_seen, _windows_of(events, self.spec)))
+                b.clock.watermarks(), b.clock.max_seen(), b.handed))
             events = [ev for ev in events if not isinstance(ev, DeadLetters)]  # on disk already
         failpoints.hit("source.file_recorded")
         for ev in events:
             yield ev
-            if isinstance(ev, Records):
+            if isinstance(ev, Panes):
                 failpoints.hit("source.records_sent")
 
     def _write_dead(self, key: str, dead: list[DeadLetter]) -> None:
@@ -278,8 +293,8 @@ class LandingDirectory:
 
     def _settle(self, ended: bool = False) -> None:
         """Retire (archive) the files whose windows are all final on disk."""
-        wm = None if ended else self.builder.watermark
-        if not ended and wm is None:
+        wm = None if ended else self.builder.clock.watermarks()
+        if not ended and not wm:
             return
         for name in self.ledger.settle(wm, self.outputs):
             if os.path.exists(p := os.path.join(self.path, name)):
@@ -302,21 +317,23 @@ class LandingDirectory:
             if self.on_file:
                 self.on_file(path, self.stats)
             done.add(name)
-        wm, top = self.ledger.resume()  # carry on where the last run got to
-        b = self.builder
-        if top is not None:
-            b.max_seen = top if b.max_seen is None else max(b.max_seen, top)
-        if wm is not None:
-            yield from b.advance(wm)
+        floor, wms = self.ledger.resume()  # carry on where the last run got to
+        if floor is not None:
+            yield from self.builder.advance(floor)
+        yield from self.builder.restore(wms)
         self._seen = done
 
     def events(self) -> Iterator[Event]:
-        """Events until the stream ends (blocking between polls)."""
+        """Events until the stream ends (blocking between polls), then every open window's."""
         if self.on_start:
             self.on_start()
         if self.ledger is not None:
             yield from self._replay()
-        start = last_new = last_beat = time.monotonic()
+        yield from self._poll()
+        yield from self.builder.flush()
+
+    def _poll(self) -> Iterator[Event]:
+        start = last_new = last_settle = time.monotonic()
         while True:
             files = [p for p in self.pending() if os.path.basename(p) not in self._seen]
             for path in files:
@@ -337,8 +354,9 @@ class LandingDirectory:
                 if self.on_file:
                     self.on_file(path, self.stats)
             now = time.monotonic()
+            yield from self.builder.idle(now)
             if files:
-                last_new = last_beat = now
+                last_new = last_settle = now
                 continue
             if os.path.exists(os.path.join(self.path, self.stop_file)):
                 return
@@ -346,11 +364,9 @@ class LandingDirectory:
                 return
             if self.max_runtime_s is not None and now - start >= self.max_runtime_s:
                 return
-            if now - last_beat >= self.heartbeat_s and self.builder.watermark is not None:
-                last_beat = now  # re-state the watermark so the consumer knows we are alive
-                if self.ledger is not None:
-                    self._settle()
-                yield Watermark(self.builder.watermark)
+            if self.ledger is not None and now - last_settle >= self.settle_s:
+                last_settle = now
+                self._settle()
             time.sleep(self.poll_interval_s)
 
     def finish(self) -> dict:

@@ -56,7 +56,7 @@ def test_counted_once_and_retired_only_when_final(tmp_path_factory, files, ops):
             windows = seen[f]
             late = 1 + sum(files[f].values()) - sum(windows.values())
             led.record(FileRead(f"f{f}:x", f"f{f}", 1, sum(files[f].values()) + 1, sum(windows.values()),
-                                Counter(late=late), None, None, None, windows))
+                                Counter(late=late), {}, {}, {}, windows))
             read.add(f)
         elif op == "crash":  # a new process on the same output; the old one never closed
             led = SourceLedger(out, SIZE_MS, LATE_MS)

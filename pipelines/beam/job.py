@@ -1,8 +1,10 @@
 """The windowing job on Beam's DirectRunner, streaming and batch.
 
-Streaming: the stream source (``pipelines.stream_source``) produces records, dead letters
-and watermarks; they enter Beam through a ``TestStream`` - scripted (tests, fixed files) or
-served live over Beam's TestStreamService gRPC protocol (landing directory). On the Python
+Streaming: the stream source (``pipelines.stream_source``) produces window panes (decided by
+each tenant's own watermark, ``pipelines.tenant_time``) and dead letters; they enter Beam's
+global window through a ``TestStream`` (``pipelines.beam.source_panes``) - scripted (tests)
+or served live over Beam's TestStreamService gRPC protocol (landing directory, files read in
+turn). On the Python
 DirectRunner this is the streaming entry point that works: splittable DoFns that resume
 (``fileio.MatchContinuously``) fail there with "ProcessKeyedElements/GroupByKey was not
 replaced". Batch: files -> parse -> fixed or sliding windows -> snapshots.
@@ -29,6 +31,7 @@ from pipelines.beam.consensus import ConsensusStage
 from pipelines.beam.features import FeatureStage, WriteFeatures
 from pipelines.beam.graph import GraphStage
 from pipelines.beam.predict import PredictionStage, WritePredictions
+from pipelines.beam.source_panes import DEAD, PANES, SnapshotPane, steps
 from pipelines.beam.transforms import WindowedSnapshots, WriteDeadLetters, WriteSnapshots
 from pipelines.consensus.spec import ConsensusSpec
 from pipelines.graph.sink import GraphSpec
@@ -36,19 +39,18 @@ from pipelines.inference import PredictorSpec
 from pipelines.run_summary import RunSummary
 from pipelines.source_ledger import GRAPH_MARK
 from pipelines.stream_source import (
-    DeadLetters,
     Event,
     EventBuilder,
     LandingDirectory,
-    Records,
     SourceStats,
     trace_parse,
+    window_counts,
 )
 from pipelines.telemetry import TimestampGuard, parse_file
 from pipelines.topology.features import FeatureExtractor
 from pipelines.windowing import WindowSpec, slice_batches
 
-RECORDS, DEAD = "records", "dead"
+RECORDS = "records"
 _CODER = coders.PickleCoder()
 _PB = beam_runner_api_pb2.TestStreamPayload
 
@@ -81,7 +83,10 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
     consensus chain's commits from ``out_dir``."""
     resume = final is not None
     journal = out_dir if resume else None
-    snaps = records | "Windows" >> WindowedSnapshots(spec, streaming, run_id, final or frozenset())
+    if streaming:  # ``records``: references to the source's panes
+        snaps = records | "Snapshots" >> beam.ParDo(SnapshotPane(run_id, final or frozenset()))
+    else:
+        snaps = records | "Windows" >> WindowedSnapshots(spec, run_id)
     snaps | "WriteSnapshots" >> beam.ParDo(WriteSnapshots(out_dir))
     dead | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(out_dir, run_id))
     rows = preds = None
@@ -107,33 +112,27 @@ def _windowing_and_sinks(records, dead, spec: WindowSpec, out_dir: str, streamin
 
 # -- streaming ---------------------------------------------------------------------------
 def scripted_test_stream(events: Iterable[Event]) -> TestStream:
-    """A TestStream that replays source events (records, dead letters, watermarks)."""
-    ts = TestStream(coder=_CODER, output_tags={RECORDS, DEAD})
-    for ev in events:
-        if isinstance(ev, Records):
-            ts.add_elements([window.TimestampedValue(r, t) for r, t in ev.items], tag=RECORDS)
-        elif isinstance(ev, DeadLetters):
-            ts.add_elements([window.TimestampedValue(d, 0) for d in ev.items], tag=DEAD)
+    """A TestStream that replays source events (panes, dead letters)."""
+    ts = TestStream(coder=_CODER, output_tags={PANES, DEAD})
+    for step in steps(events):
+        if step[0] == "add":
+            ts.add_elements([window.TimestampedValue(v, t) for v, t in step[2]], tag=step[1])
         else:
-            ts.advance_watermark_to(ev.t, tag=RECORDS)
-            ts.advance_watermark_to(ev.t, tag=DEAD)
-    ts.advance_watermark_to_infinity(tag=RECORDS)
-    ts.advance_watermark_to_infinity(tag=DEAD)
+            for tag in (PANES, DEAD):
+                ts.advance_watermark_to(step[1], tag=tag)
+    for tag in (PANES, DEAD):
+        ts.advance_watermark_to_infinity(tag=tag)
     return ts
 
 
-def _to_proto(ev: Event) -> list:
-    def elements(tag, items):
-        return _PB.Event(element_event=_PB.Event.AddElements(tag=tag, elements=[
+def _to_proto(step: tuple) -> list:
+    if step[0] == "add":
+        return [_PB.Event(element_event=_PB.Event.AddElements(tag=step[1], elements=[
             _PB.TimestampedElement(encoded_element=_CODER.encode(v), timestamp=int(round(t * 1e6)))
-            for v, t in items]))
-    if isinstance(ev, Records):
-        return [elements(RECORDS, ev.items)]
-    if isinstance(ev, DeadLetters):
-        return [elements(DEAD, [(d, 0.0) for d in ev.items])]
-    micros = int(round(ev.t * 1e6))
+            for v, t in step[2]]))]
+    micros = int(round(step[1] * 1e6))
     return [_PB.Event(watermark_event=_PB.Event.AdvanceWatermark(tag=tag, new_watermark=micros))
-            for tag in (RECORDS, DEAD)]
+            for tag in (PANES, DEAD)]
 
 
 class _EventReader:
@@ -144,8 +143,8 @@ class _EventReader:
         self.finished = False
 
     def read_multiple(self, _tags):
-        for ev in self._events:
-            yield from _to_proto(ev)
+        for step in steps(self._events):
+            yield from _to_proto(step)
         self.finished = True
 
 
@@ -161,10 +160,9 @@ def run_scripted(events: list[Event], stats: SourceStats, spec: WindowSpec, out_
     t0, run_id = time.perf_counter(), counters.new_run()
     with beam.Pipeline(options=_streaming_options()) as p:
         outs = p | "Source" >> scripted_test_stream(events)
-        _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
+        _windowing_and_sinks(outs[PANES], outs[DEAD], spec, out_dir, True, run_id, extractor,
                              predictor, graph, consensus)
-    summary = _fill(RunSummary("streaming", out_dir, read=stats.read, files=stats.files),
-                    counters.take(run_id))
+    summary = _streaming_summary(out_dir, stats, run_id)
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 
@@ -183,17 +181,24 @@ def run_live(events: Iterator[Event], stats: SourceStats, spec: WindowSpec, out_
     service.start()
     try:
         with beam.Pipeline(options=_streaming_options()) as p:
-            outs = p | "Source" >> TestStream(coder=_CODER, output_tags={RECORDS, DEAD},
+            outs = p | "Source" >> TestStream(coder=_CODER, output_tags={PANES, DEAD},
                                               endpoint=service.endpoint)
-            _windowing_and_sinks(outs[RECORDS], outs[DEAD], spec, out_dir, True, run_id, extractor,
+            _windowing_and_sinks(outs[PANES], outs[DEAD], spec, out_dir, True, run_id, extractor,
                                  predictor, graph, consensus, final)
     finally:
         service.stop()
     if not reader.finished:  # the TestStream ends quietly on a broken RPC: never pass that off
         raise RuntimeError("the streaming source stopped before its end (event service lost)")
+    summary = _streaming_summary(out_dir, stats, run_id)
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _streaming_summary(out_dir: str, stats: SourceStats, run_id: str) -> RunSummary:
+    """The run's counters; records windowed are the source's (each once, whatever its panes)."""
     summary = _fill(RunSummary("streaming", out_dir, read=stats.read, files=stats.files),
                     counters.take(run_id))
-    summary.elapsed_s = time.perf_counter() - t0
+    summary.windowed = stats.emitted
     return summary
 
 
@@ -221,12 +226,14 @@ def run_files_streaming(paths: list[str], spec: WindowSpec, out_dir: str, lag_s:
                         extractor: FeatureExtractor | None = None,
                         predictor: PredictorSpec | None = None, graph: GraphSpec | None = None,
                         consensus: ConsensusSpec | None = None) -> RunSummary:
-    """Streaming run over fixed files, read in order as if they landed one by one."""
+    """Streaming run over fixed files, read in order as if they landed one by one (each
+    tenant's watermark trails its own largest event time by ``lag_s``)."""
     builder = EventBuilder(spec, guard)
 
     def events() -> Iterator[Event]:
         for path in paths:
             yield from builder.file_then_advance(path, lag_s)
+        yield from builder.flush()
 
     return run_live(events(), builder.stats, spec, out_dir, extractor, predictor, graph, consensus)
 
@@ -243,9 +250,8 @@ class ParseFile(beam.DoFn):
         res = parse_file(path, TimestampGuard())
         counters.inc(self.run_id, "read", res.n_read)
         observe.records(res.records, res.dead)
-        batches = slice_batches(res.records, self.spec)
-        trace_parse([Records(batches)], self.spec, path, t0)
-        for element, start in batches:
+        trace_parse(window_counts(res.records, self.spec), path, t0)
+        for element, start in slice_batches(res.records, self.spec):
             yield window.TimestampedValue(element, start)
         for d in res.dead:
             yield beam.pvalue.TaggedOutput(DEAD, d)

@@ -7,7 +7,7 @@ import uuid
 
 import apache_beam as beam
 import orjson
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from pipelines import failpoints, observe
@@ -39,55 +39,53 @@ class CountWindowed(beam.DoFn):
         yield element
 
 
+def pane_snapshot(run_id: str, final: frozenset[tuple[str, int]], tenant: str, start: float, end: float,
+                  records: list[dict], index: int, timing: str) -> WindowSnapshot | None:
+    """One pane of a (tenant, window) -> its WindowSnapshot, counted and observed; None for a
+    window in ``final``: already final on disk (an earlier run), records read again for it
+    are not re-emitted."""
+    start_ms = ms(start)
+    if final and (tenant, start_ms) in final:
+        counters.inc(run_id, "panes_already_final")
+        return None
+    with observe.stage("window", tenant, start_ms, pane=index):
+        snap = build_snapshot(tenant, start, end, records)
+    observe.window_fired(tenant, start_ms, index)
+    snap.pane_index, snap.pane_timing = index, timing
+    counters.inc(run_id, "panes")
+    if index == 0:
+        counters.inc(run_id, "windows")
+    return snap
+
+
 class BuildSnapshot(beam.DoFn):
-    """(tenant, record batches) of one window pane -> WindowSnapshot. A window in ``final``
-    is already final on disk (an earlier run): records read again for it are not re-emitted."""
+    """(tenant, record batches) of one Beam window pane -> WindowSnapshot (``pane_snapshot``)."""
 
     def __init__(self, run_id: str, final: frozenset[tuple[str, int]] = frozenset()):
         self.run_id, self.final = run_id, final
 
     def process(self, kv, w=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         tenant, batches = kv
-        if self.final and (tenant, ms(float(w.start))) in self.final:
-            counters.inc(self.run_id, "panes_already_final")
-            return
-        start_ms = ms(float(w.start))
-        with observe.stage("window", tenant, start_ms, pane=pane.index):
-            records = [r for batch in batches for r in batch]
-            snap = build_snapshot(tenant, float(w.start), float(w.end), records)
-        observe.window_fired(tenant, start_ms, pane.index)
-        snap.pane_index = pane.index
-        snap.pane_timing = _TIMING.get(pane.timing, "UNKNOWN")
-        counters.inc(self.run_id, "panes")
-        if pane.index == 0:
-            counters.inc(self.run_id, "windows")
-        yield snap
+        snap = pane_snapshot(self.run_id, self.final, tenant, float(w.start), float(w.end),
+                             [r for batch in batches for r in batch], pane.index,
+                             _TIMING.get(pane.timing, "UNKNOWN"))
+        if snap is not None:
+            yield snap
 
 
 class WindowedSnapshots(beam.PTransform):
-    """Timestamped (tenant, batch) elements -> one WindowSnapshot per (tenant, window, pane).
+    """Batch: timestamped (tenant, batch) elements -> one WindowSnapshot per (tenant, window).
+    (Streaming windows are decided per tenant by the source: ``pipelines.beam.source_panes``.)"""
 
-    Streaming: an on-time pane when the watermark passes the window end, then an
-    accumulating late pane for each late record within the allowed lateness.
-    """
-
-    def __init__(self, spec: WindowSpec, streaming: bool, run_id: str,
-                 final: frozenset[tuple[str, int]] = frozenset()):
+    def __init__(self, spec: WindowSpec, run_id: str):
         super().__init__()
-        self.spec, self.streaming, self.run_id, self.final = spec, streaming, run_id, final
+        self.spec, self.run_id = spec, run_id
 
     def expand(self, records):
-        keyed = records | "CountAndKey" >> beam.ParDo(CountWindowed(self.run_id))
-        if self.streaming:
-            windowed = keyed | "Window" >> beam.WindowInto(
-                beam_windows(self.spec),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-                allowed_lateness=self.spec.allowed_lateness_s,
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING)
-        else:
-            windowed = keyed | "Window" >> beam.WindowInto(beam_windows(self.spec))
-        return (windowed | "Group" >> beam.GroupByKey()
-                | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id, self.final)))
+        return (records | "CountAndKey" >> beam.ParDo(CountWindowed(self.run_id))
+                | "Window" >> beam.WindowInto(beam_windows(self.spec))
+                | "Group" >> beam.GroupByKey()
+                | "Snapshot" >> beam.ParDo(BuildSnapshot(self.run_id)))
 
 
 class WriteSnapshots(beam.DoFn):
