@@ -1,7 +1,7 @@
 -- The Kafka source of the Flink job in production (UNTESTED here: no Kafka broker, and the
 -- connector jar is not bundled with PyFlink and Maven is unreachable on the dev machine).
 -- Replace the `landing` table of pipelines/flink/sql.py with this DDL; everything downstream
--- (parse, watermark on the parsed stream, windows, Python stage) is unchanged. Needs
+-- (parse, per-tenant windows and watermarks, Python stage) is unchanged. Needs
 -- flink-sql-connector-kafka (see README.md) in /opt/flink/lib or via `pipeline.jars`.
 CREATE TEMPORARY TABLE landing (
   line BYTES,                                        -- the record's bytes, parsed by PARSE_TELEMETRY
@@ -17,7 +17,7 @@ CREATE TEMPORARY TABLE landing (
   'properties.auto.offset.reset' = 'earliest',
   'format' = 'raw'
 );
--- The watermark is declared after the parse (pipelines/flink/job.py::build); set
--- 'table.exec.source.idle-timeout' so that partitions without traffic do not stall windows.
+-- Each tenant's watermark is kept after the parse (TenantWindower, pipelines/flink/job.py);
+-- a tenant without traffic closes its windows after tenant_idle_timeout_s.
 -- Key the topic by tenant so that one tenant's records stay in order in one partition; the
 -- source then reads partitions in parallel (unlike the landing directory, read by one reader).

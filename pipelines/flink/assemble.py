@@ -1,4 +1,4 @@
-"""One (tenant, window) from the packed records of Flink SQL's window aggregate.
+"""One (tenant, window) from the packed records the Flink job's windower buffers.
 
 Pure numpy and orjson, no Flink imports. A packed record (``TelemetryParser.pack`` on the
 JVM) is the event time and the 8 metrics as little-endian doubles, then UTF-8 JSON

@@ -16,8 +16,8 @@ UNSUPPORTED = "unsupported_by_flink_sql"
 
 
 def dead_letter_json(row) -> str:
-    """A row the SQL did not window -> dead letter as one JSON line (reason from the
-    contract's validator; ``late`` when its windows had fired)."""
+    """A row that is not windowed (line, path, late) -> dead letter as one JSON line (reason
+    from the contract's validator; ``late`` when its windows had fired for its tenant)."""
     raw = bytes(row["line"]).rstrip(b"\r")  # the line's bytes, as Beam's reader gives them
     source = row["path"] or "?"
     if row["late"]:
@@ -34,9 +34,9 @@ def dead_letter_json(row) -> str:
 
 class TenantWindows(KeyedProcessFunction):
     """Keyed by tenant (on the JVM): each element is one closed window, (start ms, end ms,
-    heads, meta) from ``WindowRows``. The SQL window aggregate emits a window once the
-    watermark has passed its end, one row per (tenant, window), in window order, so it is
-    processed on arrival with the tenant's sequence state (Flink keyed state, checkpointed)."""
+    heads, meta) from ``WindowRows``. The JVM's ``TenantWindower`` emits a window once its
+    tenant's watermark has passed its end, one row per (tenant, window), in window order, so
+    it is processed on arrival with the tenant's sequence state (Flink keyed state, checkpointed)."""
 
     def __init__(self, spec: StageSpec):
         self.spec = spec

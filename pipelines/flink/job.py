@@ -1,24 +1,33 @@
 """The AURA job on Apache Flink (PyFlink 2.3, local MiniCluster or a cluster).
 
 Flink SQL (``pipelines.flink.sql``) reads the landing directory (FileSource; continuously
-with ``monitor_interval_s``), parses and validates each line once on the JVM with the
+with ``monitor_interval_s``) and parses and validates each line once on the JVM with the
 project's Java table function (``pipelines.flink.udf``, built from ``pipelines/flink/java``
-and added with ``pipeline.jars``), assigns event-time windows with a
-bounded-out-of-orderness watermark and collects each (tenant, window)'s packed records in
-one row, emitted once the watermark passes the window's end. On the JVM, ``WindowRows``
-joins the row's records into two byte arrays and keys it by tenant, so each closed window
-crosses into Python once, as one element: ``TenantWindows`` processes it on arrival (no
-buffering, no timers; the tenant's sequence state is Flink keyed state, checkpointed),
+and added with ``pipeline.jars``). The parsed rows go on as a DataStream, still on the JVM:
+``ParsedRows`` sends the rows the parser refused to the dead letters, ``TenantKey`` keys the
+others by tenant and ``TenantWindower`` (keyed state, checkpointed) assigns them to
+event-time windows on the tenant's own watermark (its largest event time less the
+out-of-orderness): a tenant ahead in event time makes no other tenant's records late. A
+record whose earliest window has closed for its tenant is a ``late`` dead letter (no allowed
+lateness). A tenant without records for ``tenant_idle_timeout_s`` (continuous mode) closes
+its open windows; at the end of a bounded input, or on a drain, every open window closes. A
+closed window leaves the JVM joined into two byte arrays, keyed by tenant (``WindowRows``),
+so it crosses into Python once, as one element: ``TenantWindows`` processes it on arrival
+(no buffering, no timers; the tenant's sequence state is Flink keyed state, checkpointed),
 decodes it with numpy and does snapshot, features, prediction, consensus and the graph
-sink. Rows the SQL does not window become dead letters through an exactly-once FileSink.
+sink. Dead letters are named in Python and written through an exactly-once FileSink.
 A local run's Python operators run in the driver's process (PyFlink loopback), so the
 driver imports the stage's libraries before the job starts (``window_stage.preload``).
 
 Parallelism: the Python stage (the heavy part) runs at ``parallelism``, keyed by tenant.
-Reading a landing directory, the SQL part runs at parallelism 1: several readers would
-each keep their own watermark and take files in an order the enumerator chooses, so an
-older file read after a newer one would be late. (A Kafka source keeps order per partition
-and can read in parallel.) A bounded input is one event-time batch and reads in parallel.
+Reading a landing directory, the SQL part runs at parallelism 1: several readers would take
+files in an order the enumerator chooses, so a tenant's older file read after its newer one
+would be late. (A Kafka source keeps order per partition and can read in parallel.) The
+windower then runs in the reader's chain (at parallelism 1 it holds every key group, so the
+stream is keyed as it is, ``reinterpretAsKeyedStream``): only closed windows are shuffled,
+not every record. A bounded input is one event-time batch, read in parallel and keyed by
+tenant to the windower at ``parallelism``: its windows close at its end (the tenants'
+watermarks trail by 99 days).
 
 Outputs match the Beam job's layout (``snapshots/``, ``features/``, ``predictions/``,
 ``deadletter/``) plus a ledger per window (``windows/``) from which ``summarize`` rebuilds
@@ -44,6 +53,7 @@ from pipelines.run_summary import RunSummary
 
 DEAD_DIR = "deadletter"
 STOP_FILE = "_STOP"
+BOUNDED_LAG_S = 99 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,26 @@ class FlinkSpec:
     restore_from: str | None = None  # a chk-* (or savepoint) directory
     max_runtime_s: float | None = None  # continuous: cancel after this long
     idle_timeout_s: float | None = None  # continuous: cancel after this long without a new window
+    tenant_idle_timeout_s: float | None = 30.0  # continuous: a tenant's windows close after this long
+    # idle (None: only at the end)
 
     def sql_spec(self) -> sql.SqlSpec:
-        return sql.SqlSpec(os.path.abspath(self.source), self.size_s, self.slide_s or self.size_s,
-                           self.out_of_orderness_s, self.monitor_interval_s if self.continuous else None)
+        return sql.SqlSpec(os.path.abspath(self.source), self.monitor_interval_s if self.continuous else None)
+
+    def windower(self):
+        """The JVM's ``TenantWindower`` of these windows. Bounded input: the tenants'
+        watermarks trail by 99 days (the files are read in no particular order, so the input
+        is one event-time batch) and windows close at its end; no idleness."""
+        from pyflink.java_gateway import get_gateway
+
+        lag_s = self.out_of_orderness_s if self.continuous else BOUNDED_LAG_S
+        idle_s = (self.tenant_idle_timeout_s or 0.0) if self.continuous else 0.0
+        return get_gateway().jvm.aura.flink.TenantWindower(_ms(self.size_s), _ms(self.slide_s or self.size_s),
+                                                           _ms(lag_s), _ms(idle_s))
+
+
+def _ms(s: float) -> int:
+    return int(round(s * 1000))
 
 
 def _uri(path: str) -> str:
@@ -107,7 +133,7 @@ def environment(spec: FlinkSpec):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
-    if spec.continuous:  # one reader: files in arrival order, one watermark (module doc)
+    if spec.continuous:  # one reader: files in arrival order (module doc)
         t_env.get_config().set("table.exec.resource.default-parallelism", "1")
     return env, t_env
 
@@ -121,26 +147,18 @@ def build(spec: FlinkSpec):
         OutputFileConfig,
         RollingPolicy,
     )
-    from pyflink.table import Schema
 
     from pipelines.flink.functions import TenantWindows, dead_letter_json
 
     env, t_env = environment(spec)
-    s = spec.sql_spec()
     t_env.execute_sql(sql.function_ddl(udf.PARSE_FUNCTION))
-    t_env.execute_sql(sql.source_ddl(s))
-    # parse once, on the JVM; through a DataStream (JVM only) and back, to declare the event
-    # time and watermark on the parsed rows
-    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query()))
-    t_env.create_temporary_view("parsed_raw", t_env.from_data_stream(parsed, Schema.new_builder()
-                                .watermark("rowtime", f"rowtime - {s.watermark_lag}").build()))
-    for stmt in (sql.lateness_view(s, "parsed_raw"), sql.valid_view()):
-        t_env.execute_sql(stmt)
-    rows = t_env.to_data_stream(t_env.sql_query(sql.combined_query(s)))
-    done = _tenant_windows(_kind(rows, "w")).process(TenantWindows(spec.stage), Types.STRING())
+    t_env.execute_sql(sql.source_ddl(spec.sql_spec()))
+    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query()))  # parsed once, on the JVM
+    windows, dead_rows = _tenant_windows(parsed, spec)
+    done = windows.process(TenantWindows(spec.stage), Types.STRING())
     # explicitly: after a SQL part at parallelism 1, DataStream operators would inherit it
     _discard(done.name("TenantWindows").set_parallelism(spec.parallelism))  # outputs are files
-    dead = _kind(rows, "d").map(dead_letter_json, Types.STRING())
+    dead = dead_rows.map(dead_letter_json, Types.STRING())
     dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
     sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
@@ -151,22 +169,35 @@ def build(spec: FlinkSpec):
     return env
 
 
-def _tenant_windows(windows):
-    """Window rows keyed by tenant on the JVM: ``WindowRows`` joins each window's records and
-    keys it, PyFlink's own key extractor (``KeyByKeySelector``) takes the key, so the rows
-    cross into Python once, at ``TenantWindows`` (``key_by`` would add a Python operator)."""
+def _tenant_windows(parsed, spec: FlinkSpec):
+    """The parsed rows -> (closed windows keyed by tenant, dead-letter rows (line, path,
+    late)), all on the JVM: ``ParsedRows`` splits off the rows the parser refused,
+    ``TenantWindower`` (keyed by ``TenantKey``) emits each closed window as ``WindowRows``
+    joins it and its late records as dead-letter rows; PyFlink's own key extractor
+    (``KeyByKeySelector``) keys the windows, so they cross into Python once, at
+    ``TenantWindows`` (``key_by`` would add a Python operator)."""
     from pyflink.common import Types
     from pyflink.datastream import DataStream, KeyedStream
     from pyflink.java_gateway import get_gateway
 
     jvm = get_gateway().jvm
+    flink = jvm.aura.flink
+    j_parsed = parsed._j_data_stream
+    j_ok = (j_parsed.process(flink.ParsedRows(), j_parsed.getType()).name("ParsedRows")
+            .setParallelism(1 if spec.continuous else spec.parallelism))  # chained to the reader
     value = Types.ROW([Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
                        Types.PRIMITIVE_ARRAY(Types.BYTE())])  # start ms, end ms, heads, meta
-    j_keyed = (windows._j_data_stream.map(jvm.aura.flink.WindowRows(),
-                                          Types.ROW([Types.STRING(), value]).get_java_type_info())
-               .name("WindowRows"))
+    if spec.continuous:  # in the one reader's chain: the records are not shuffled (module doc)
+        j_keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+            j_ok, flink.TenantKey())
+    else:
+        j_keyed = j_ok.keyBy(flink.TenantKey())
+    j_windows = (j_keyed.process(spec.windower(), Types.ROW([Types.STRING(), value]).get_java_type_info())
+                 .name("TenantWindower").setParallelism(1 if spec.continuous else spec.parallelism))
+    dead = DataStream(j_ok.getSideOutput(flink.ParsedRows.dead())).union(
+        DataStream(j_windows.getSideOutput(flink.ParsedRows.dead())))
     key = Types.ROW([Types.STRING()]).get_java_type_info()
-    return KeyedStream(j_keyed.keyBy(jvm.KeyByKeySelector(), key), value, DataStream(j_keyed))
+    return KeyedStream(j_windows.keyBy(jvm.KeyByKeySelector(), key), value, DataStream(j_windows)), dead
 
 
 def _discard(stream) -> None:
@@ -175,16 +206,6 @@ def _discard(stream) -> None:
 
     j_sink = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
     stream._j_data_stream.sinkTo(j_sink).name("Discard")
-
-
-def _kind(rows, kind: str):
-    """The rows of one kind (``w`` windows, ``d`` dead letters), split on the JVM
-    (``KindFilter``), so each Python operator receives only its own rows."""
-    from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
-
-    j_filter = get_gateway().jvm.aura.flink.KindFilter(kind)
-    return DataStream(rows._j_data_stream.filter(j_filter).name(f"kind={kind}"))
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
@@ -324,7 +345,8 @@ def run_config(cfg, extractor=None, predictor=None, graph=None, consensus=None, 
                      continuous=cfg.landing is not None, monitor_interval_s=max(cfg.poll_interval_s, 0.1),
                      parallelism=cfg.parallelism, checkpoint_dir=cfg.checkpoint_dir,
                      checkpoint_interval_s=cfg.checkpoint_interval_s, state_backend=cfg.state_backend,
-                     restore_from=restore, max_runtime_s=cfg.max_runtime_s, idle_timeout_s=cfg.idle_timeout_s)
+                     restore_from=restore, max_runtime_s=cfg.max_runtime_s, idle_timeout_s=cfg.idle_timeout_s,
+                     tenant_idle_timeout_s=cfg.tenant_idle_timeout_s)
     return run(spec, log)
 
 

@@ -6,6 +6,7 @@ import java.io.OutputStreamWriter;
 import java.io.Writer;
 import java.nio.charset.StandardCharsets;
 import java.time.LocalDateTime;
+import java.time.ZoneOffset;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
@@ -50,12 +51,8 @@ public final class ParseMain {
     }
 
     private static void writeJoined(JsonGenerator g, List<byte[]> packed) throws IOException {
-        Row in = Row.withNames();
-        in.setField("tenant", "t");
-        in.setField("window_start", LocalDateTime.of(2026, 1, 1, 0, 0));
-        in.setField("window_end", LocalDateTime.of(2026, 1, 1, 0, 0, 10));
-        in.setField("recs", packed.toArray(new byte[0][]));
-        Row out = new WindowRows().map(in);
+        long start = LocalDateTime.of(2026, 1, 1, 0, 0).toInstant(ZoneOffset.UTC).toEpochMilli();
+        Row out = WindowRows.of("t", start, start + 10_000, packed);
         Row value = out.getFieldAs(1);
         g.writeStartObject();
         g.writeStringField("key", out.getFieldAs(0));

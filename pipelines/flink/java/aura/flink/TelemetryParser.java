@@ -76,6 +76,16 @@ public final class TelemetryParser {
         return b.put(agent).put(r.calls).put((byte) ']').array();
     }
 
+    /** Event time in epoch ms (floor) of event time in seconds. */
+    public static long epochMs(double eventTime) {
+        return (long) Math.floor(eventTime * 1000.0);
+    }
+
+    /** Event time in epoch ms of a packed record (its first double). */
+    public static long packedEpochMs(byte[] rec) {
+        return epochMs(ByteBuffer.wrap(rec, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getDouble());
+    }
+
     /** Only JSON whitespace (Python's bytes.strip() set): not a record, skipped. */
     public static boolean isBlank(byte[] line) {
         for (byte c : line) {
@@ -209,7 +219,7 @@ public final class TelemetryParser {
         if (!ok) {
             return null;
         }
-        r.eventTimeMs = (long) Math.floor(r.eventTime * 1000.0);
+        r.eventTimeMs = epochMs(r.eventTime);
         return r;
     }
 

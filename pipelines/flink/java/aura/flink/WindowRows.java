@@ -1,35 +1,33 @@
 package aura.flink;
 
-import java.time.LocalDateTime;
-import java.time.ZoneOffset;
+import java.util.List;
 
-import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.types.Row;
 
 /**
- * A window row of the combined query (tenant, window_start, window_end, recs: the packed records
- * of one (tenant, window)) -> (tenant, (start ms, end ms, heads, meta)): the tenant to key by on
- * the JVM, and the records joined into two byte arrays - every record's doubles back to back
- * (TelemetryParser.pack's head) and one JSON array of their [agent_id, calls] parts - so the
- * window crosses into Python once, as one element, and decodes without per-record slicing.
+ * A closed (tenant, window) as it crosses into Python: (tenant, (start ms, end ms, heads, meta)),
+ * the tenant to key by on the JVM and the window's packed records (TelemetryParser.pack) joined
+ * into two byte arrays - every record's doubles back to back (the pack's head) and one JSON array
+ * of their [agent_id, calls] parts - so the window crosses once, as one element, and decodes
+ * without per-record slicing (pipelines/flink/assemble.py).
  */
-public class WindowRows implements MapFunction<Row, Row> {
-    private static final long serialVersionUID = 1L;
+public final class WindowRows {
     private static final int HEAD = 8 * TelemetryParser.PACKED_DOUBLES;
 
-    @Override
-    public Row map(Row row) {
-        byte[][] recs = row.getFieldAs("recs");
-        int metaLen = 1 + Math.max(recs.length, 1); // '[', then ',' between and ']' after
+    private WindowRows() {}
+
+    /** The row of one window [start, end) of a tenant, from its packed records. */
+    public static Row of(String tenant, long start, long end, List<byte[]> recs) {
+        int metaLen = 1 + Math.max(recs.size(), 1); // '[', then ',' between and ']' after
         for (byte[] r : recs) {
             metaLen += r.length - HEAD;
         }
-        byte[] heads = new byte[HEAD * recs.length];
+        byte[] heads = new byte[HEAD * recs.size()];
         byte[] meta = new byte[metaLen];
         int m = 0;
         meta[m++] = '[';
-        for (int i = 0; i < recs.length; i++) {
-            byte[] r = recs[i];
+        for (int i = 0; i < recs.size(); i++) {
+            byte[] r = recs.get(i);
             System.arraycopy(r, 0, heads, HEAD * i, HEAD);
             if (i > 0) {
                 meta[m++] = ',';
@@ -38,12 +36,6 @@ public class WindowRows implements MapFunction<Row, Row> {
             m += r.length - HEAD;
         }
         meta[m] = ']';
-        return Row.of(row.getFieldAs("tenant"),
-                Row.of(ms(row.getFieldAs("window_start")), ms(row.getFieldAs("window_end")), heads, meta));
-    }
-
-    /** Epoch ms of a window bound (TIMESTAMP(3), UTC, as a LocalDateTime). */
-    private static long ms(LocalDateTime t) {
-        return t.toInstant(ZoneOffset.UTC).toEpochMilli();
+        return Row.of(tenant, Row.of(start, end, heads, meta));
     }
 }
