@@ -78,6 +78,9 @@ TEST = [
     "persim==0.4.1",
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
+    # line coverage of pipelines/ and models/ in `make test`, subprocesses included ([tool.coverage])
+    "pytest-cov==7.1.0",
+    "coverage==7.17.3",
     "hypothesis==6.170.15",
     "fusepy==3.0.1",  # a slow disk for the fault tests (tests/slow_fs.py, FUSE via libfuse2)
     "jsonschema==4.26.0",
