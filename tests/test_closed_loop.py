@@ -123,6 +123,7 @@ def test_bar_and_intervals_on_synthetic_runs():
     assert 0.0 <= lo <= 0.75 <= hi <= 1.0
 
 
+@pytest.mark.slow  # ~90 s on CI: the arms above run the same loop in process; `make test-slow`
 def test_cli_closed_loop_end_to_end(tmp_path):
     out = tmp_path / "cl"
     code = main(["backtest", "--closed-loop", "--out", str(out), "--val-scenarios", "2",
