@@ -50,7 +50,14 @@ class DeadLetters:
     items: list[DeadLetter]
 
 
-Event = Panes | DeadLetters
+@dataclass(frozen=True)
+class Heartbeat:
+    """Nothing new, the source is alive. A live engine may give up on a source that is
+    silent too long: Beam's TestStream event service waits 30 s for the next event, then
+    ends the stream with an error."""
+
+
+Event = Panes | DeadLetters | Heartbeat
 
 
 @dataclass
@@ -224,6 +231,7 @@ class LandingDirectory:
     max_runtime_s: float | None = None
     stop_file: str = "_STOP"
     settle_s: float = 5.0  # with a ledger: how often to retire files while no new ones land
+    heartbeat_s: float = 5.0  # a Heartbeat after this long without an event (< the engine's 30 s)
     guard: TimestampGuard = field(default_factory=TimestampGuard)
     on_file: Callable[[str, SourceStats], None] | None = None
     on_start: Callable[[], None] | None = None  # called once the engine asks for the first events
@@ -333,7 +341,7 @@ class LandingDirectory:
         yield from self.builder.flush()
 
     def _poll(self) -> Iterator[Event]:
-        start = last_new = last_settle = time.monotonic()
+        start = last_new = last_settle = last_beat = time.monotonic()
         while True:
             files = [p for p in self.pending() if os.path.basename(p) not in self._seen]
             for path in files:
@@ -354,7 +362,10 @@ class LandingDirectory:
                 if self.on_file:
                     self.on_file(path, self.stats)
             now = time.monotonic()
-            yield from self.builder.idle(now)
+            closed = self.builder.idle(now)
+            yield from closed
+            if files or closed:
+                last_beat = now
             if files:
                 last_new = last_settle = now
                 continue
@@ -367,6 +378,9 @@ class LandingDirectory:
             if self.ledger is not None and now - last_settle >= self.settle_s:
                 last_settle = now
                 self._settle()
+            if now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                yield Heartbeat()
             time.sleep(self.poll_interval_s)
 
     def finish(self) -> dict:

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.beam import job
+from pipelines.beam import job, source_panes
 from pipelines.source_ledger import file_key
-from pipelines.stream_source import LandingDirectory
+from pipelines.stream_source import Heartbeat, LandingDirectory
 from pipelines.tenant_time import LATE_PANE, ON_TIME, Pane, TenantWindows
 from pipelines.windowing import WindowSpec, ms
 from tests.conftest import T0, line, record, write_ndjson
@@ -278,3 +278,18 @@ def test_every_accepted_record_is_in_the_panes_of_its_windows_and_counts_reconci
     for i in in_panes:  # ... in the final pane of its last window (never expired before it)
         tenant, t, _ = events[i]
         assert ((tenant, spec.starts(t)[-1]), i) in final
+
+
+def test_a_quiet_landing_directory_keeps_saying_it_is_alive(tmp_path):
+    """Found with the service: with no file for 30 s, Beam's TestStream event service gave up
+    (``queue.Empty`` after its 30 s wait) and the streaming job died. A quiet source sends a
+    heartbeat every ``heartbeat_s``, well inside that wait, and Beam gets it as a watermark."""
+    source = LandingDirectory(str(tmp_path), SPEC, poll_interval_s=0.02, heartbeat_s=0.1,
+                              max_runtime_s=0.55)
+    t0, beats = time.monotonic(), []
+    for ev in source.events():
+        assert isinstance(ev, Heartbeat)
+        beats.append(time.monotonic() - t0)
+    assert 4 <= len(beats) <= 6 and max(b - a for a, b in zip([0.0, *beats], beats)) < 0.2
+    assert LandingDirectory.heartbeat_s < 30 / 2  # Beam's wait for the next event, with margin
+    assert list(source_panes.steps([Heartbeat()])) == [("watermark", 0.0)]

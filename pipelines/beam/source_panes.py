@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from pipelines.beam.transforms import pane_snapshot
-from pipelines.stream_source import DeadLetters, Event, Panes
+from pipelines.stream_source import DeadLetters, Event, Heartbeat, Panes
 from pipelines.tenant_time import Pane
 
 PANES, DEAD = "panes", "dead"
@@ -52,7 +52,8 @@ def steps(events: Iterable[Event]) -> Iterator[tuple]:
     """Source events -> TestStream steps: ``("add", tag, [(value, timestamp s), ...])`` and
     ``("watermark", t)``. Every batch of panes gets the next sequence number as its timestamp
     and the watermark moves to it after them, so the runner processes them in order; dead
-    letters go out at timestamp 0 (the global window keeps them)."""
+    letters go out at timestamp 0 (the global window keeps them); a heartbeat re-states the
+    watermark, so the event service never goes quiet long enough for Beam to end the stream."""
     seq = 0
     for ev in events:
         if isinstance(ev, Panes):
@@ -61,6 +62,8 @@ def steps(events: Iterable[Event]) -> Iterator[tuple]:
             yield "watermark", float(seq)
         elif isinstance(ev, DeadLetters):
             yield "add", DEAD, [(d, 0.0) for d in ev.items]
+        elif isinstance(ev, Heartbeat):
+            yield "watermark", float(seq)
         else:
             raise TypeError(f"not a source event: {ev!r}")
 
