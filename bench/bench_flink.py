@@ -17,6 +17,18 @@ committed prediction. The load average is printed at start and end (the machine 
 ``--warm``: a small file of 8 other tenants lands first and the measured file once their
 windows are out, so start-up (the Python operators open at their first bundle: model,
 validators) and part of the JVM's warm-up are not in the figure.
+
+``--minutes M`` (or ``--stream-windows N``): a long run without a big file. A thread lands one
+file per 10 s window (10 s of event time of the whole fleet, written from a template of one
+window with the times shifted) as the job consumes them - at most ``--backlog`` windows ahead
+of the last committed one, or once per 10 s of wall time with ``--pace realtime`` - and deletes
+a file once the window after it is committed (bounded disk). Printed: events/s over the whole
+run and after ``--warmup-windows``, delay per window from the JVM closing it (and from Python
+receiving it) to the committed verdict, p50/p99/max, and the reconciliation (records landed =
+records windowed + dead letters). ``--parallelism-ratio``: the same workload at parallelism 1
+then 2 in the same run, and the ratio.
+
+    python bench/bench_flink.py --minutes 3 --agents 100000 --tenants 1 --parallelism-ratio
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +53,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from pipelines.beam import job as beam_job  # noqa: E402
+from pipelines.cli import RUNNING  # noqa: E402
 from pipelines.config import RunConfig  # noqa: E402
 from pipelines.flink import job as flink_job  # noqa: E402
 from pipelines.flink.window_stage import StageSpec  # noqa: E402
@@ -145,6 +159,188 @@ def run_flink(path: str, base: str, cfg: RunConfig, parallelism: int, tenants: i
             "commit_offsets": sorted(x["committed_at"] - result["landed_at"] for x in measured)}
 
 
+PLACEHOLDER = b"@@@@@@@@@@"  # the integer seconds of a template line's ts
+
+
+def second_blocks(agents: int, tenants: int, seed: int = 3) -> list[bytes]:
+    """The template of one window: per second, NDJSON of every agent (the fleet of
+    ``write_file``), the integer part of each ts left as ``PLACEHOLDER``."""
+    rng = random.Random(seed)
+    per = agents // tenants
+    blocks = []
+    for _ in range(10):
+        lines = []
+        for k in range(tenants):
+            for a in range(per):
+                p50 = 5 + (a % 50) + rng.random()
+                lines.append(orjson.dumps({
+                    "tenant": f"t{k}", "agent_id": f"a{a}", "ts": f"@{(a % 4) * 25:02d}@",
+                    "latency_p50_ms": p50, "latency_p99_ms": p50 * 2, "error_rate": 0.01,
+                    "request_count": 100, "cpu": 0.3, "memory": 0.4, "queue_depth": a % 7, "in_flight": 2,
+                    "calls": [{"dst": f"a{(a * 7 + 1) % per}", "count": 10, "errors": 0,
+                               "latency_ms": p50 / 2}]}))
+        block = b"\n".join(lines).replace(b'"ts":"@', b'"ts":' + PLACEHOLDER + b".").replace(b'@"', b"")
+        blocks.append(block + b"\n")
+    return blocks
+
+
+def land_window(blocks: list[bytes], k: int, landing: str) -> str:
+    """Window k's file (event time [T0 + 10 k, T0 + 10 k + 10)) into the landing directory, atomically."""
+    name = os.path.join(landing, f"w{k:06d}.ndjson")
+    hidden = os.path.join(landing, f".w{k:06d}.ndjson")
+    with open(hidden, "wb") as fh:
+        for s, block in enumerate(blocks):
+            fh.write(block.replace(PLACEHOLDER, b"%d" % (int(T0) + 10 * k + s)))
+    os.replace(hidden, name)
+    return name
+
+
+def _committed(out: str) -> dict[int, int]:
+    """Ledgers written per window start (ms), the warm-up tenant's left out."""
+    n: dict[int, int] = {}
+    for p in _ledgers(out, warm=False):
+        start = int(os.path.basename(p)[len("window="):-len(".json")])
+        n[start] = n.get(start, 0) + 1
+    return n
+
+
+def run_stream(blocks: list[bytes], per_window: int, base: str, cfg: RunConfig, parallelism: int,
+               tenants: int, windows: int, warmup: int, pace: str, backlog: int, checkpoint_s: float) -> dict:
+    """The streaming job fed one window file at a time (see the module doc); the figures."""
+    landing, out, ckpt = (os.path.join(base, d) for d in ("landing", "flink", "ckpt"))
+    os.makedirs(landing)
+    stage = StageSpec(out, 10_000, 10_000, cfg.extractor(), cfg.predictor_spec(), cfg.consensus_spec())
+    spec = flink_job.FlinkSpec(landing, stage, continuous=True, monitor_interval_s=0.2,
+                               parallelism=parallelism, checkpoint_dir=ckpt,
+                               checkpoint_interval_s=checkpoint_s, tenant_idle_timeout_s=None,
+                               max_runtime_s=60 + 60 * windows)
+    landed: dict[int, float] = {}
+    feed_s = [0.0]
+    stop = threading.Event()  # the job ended (e.g. its max runtime): the feeder gives up
+
+    def done(k: int, n: dict[int, int]) -> bool:  # window k committed for every tenant
+        return n.get(int(T0 * 1000) + 10_000 * k, 0) >= tenants
+
+    def feed() -> None:
+        while not os.path.exists(os.path.join(out, RUNNING)):  # the job was submitted
+            if stop.wait(0.2):
+                return
+        # a small file of another tenant first: once its window is out the job reads and lists the
+        # directory, so each later file is listed (and read) alone, in landing order
+        _land(warm_path, landing, "warm.ndjson")
+        while not _ledgers(out, warm=True):
+            if stop.wait(0.1):
+                return
+        files: dict[int, str] = {}
+        for k in range(windows + 1):  # window `windows` only closes the last measured one
+            while True:
+                n = _committed(out)
+                for j in [j for j in files if done(j + 1, n)]:
+                    os.remove(files.pop(j))  # read: a later window closed
+                ahead = k - backlog < 0 or done(k - backlog, n)
+                due = pace != "realtime" or not landed or time.time() >= landed[0] + 10 * k
+                if ahead and due and (not landed or time.time() - landed[k - 1] >= 0.5):
+                    break  # 0.5 s: the previous file was listed first, so it is read first
+                if stop.wait(0.05):
+                    return
+            t = time.perf_counter()
+            files[k] = land_window(blocks, k, landing)
+            landed[k] = time.time()
+            feed_s[0] += time.perf_counter() - t
+        while not done(windows - 1, _committed(out)):
+            if stop.wait(0.1):
+                return
+        open(os.path.join(landing, flink_job.STOP_FILE), "w").close()  # drain: the last window closes
+
+    warm_path = os.path.join(base, "warm.ndjson")
+    n_warm = write_file(warm_path, 40, 1, 1, t0=T0 - 100, prefix=WARM, marker=False)
+    th = threading.Thread(target=feed, daemon=True)
+    th.start()
+    summary = flink_job.run(spec, log=lambda m: print(m, file=sys.stderr))
+    stop.set()
+    th.join()
+    led = []
+    for p in glob.glob(os.path.join(out, "windows", "*", "*.json")):
+        with open(p, "rb") as fh:
+            led.append(json.loads(fh.read()))
+    dead = 0
+    for p in glob.glob(os.path.join(out, "deadletter", "*.ndjson")):
+        with open(p, "rb") as fh:
+            dead += sum(1 for x in fh if x.strip())
+    end_ms = int(T0 * 1000) + 10_000 * windows
+    measured = [x for x in led if x["window_start"] < end_ms and not x["tenant"].startswith(WARM)]
+    warm_ms = int(T0 * 1000) + 10_000 * warmup
+    last = max(x["committed_at"] for x in measured)
+    warm = [x for x in measured if x["window_start"] >= warm_ms]
+    cold = [x["committed_at"] for x in measured if x["window_start"] < warm_ms]
+    warm_from = max(cold) if cold else landed[0]
+    later = sum(x["n_fresh"] for x in warm)
+    events = sum(x["n_fresh"] for x in measured)
+    return {"parallelism": parallelism, "events": events, "elapsed_s": last - landed[0],
+            "events_per_s": events / (last - landed[0]), "warm_events": later, "warm_s": last - warm_from,
+            "warm_per_s": later / (last - warm_from), "windows": len(measured),
+            "committed": sum(x["committed"] for x in measured),
+            "jvm_delay": [x["committed_at"] - x["jvm_closed_at"] for x in warm],
+            "py_delay": [x["committed_at"] - x["closed_at"] for x in warm],
+            "stages": {"JVM builds the columns": [x["jvm_built_at"] - x["jvm_closed_at"] for x in warm],
+                       "JVM -> Python": [x["closed_at"] - x["jvm_built_at"] for x in warm],
+                       "Python -> verdict": [x["committed_at"] - x["closed_at"] for x in warm],
+                       "Parquet after the verdict": [x["written_at"] - x["committed_at"] for x in warm]},
+            "landed": per_window * (windows + 1) + n_warm, "windowed": sum(x["n_fresh"] for x in led),
+            "dead": dead,
+            "late": summary.dead.get("late", 0), "feed_s": feed_s[0]}
+
+
+def report_stream(r: dict) -> None:
+    """Print one run_stream result."""
+    q = lambda xs, x: float(np.percentile(xs, x)) if xs else float("nan")  # noqa: E731
+    print(f"flink (parallelism {r['parallelism']}): {r['events']:,} events of {r['windows']} measured "
+          f"windows in {r['elapsed_s']:.1f} s = {r['events_per_s']:,.0f} events/s; warm (after the warm-up "
+          f"windows): {r['warm_events']:,} in {r['warm_s']:.1f} s = {r['warm_per_s']:,.0f} events/s; "
+          f"load {os.getloadavg()[0]:.2f}")
+    for name, xs in (("JVM closed", r["jvm_delay"]), ("Python received", r["py_delay"])):
+        print(f"  {name} -> committed verdict, warm windows: p50 {q(xs, 50):.2f} s, p99 {q(xs, 99):.2f} s, "
+              f"max {max(xs, default=float('nan')):.2f} s")
+    print("  median per warm window: " + ", ".join(f"{k} {q(v, 50):.2f} s" for k, v in r["stages"].items()))
+    ok = r["landed"] == r["windowed"] + r["dead"]
+    print(f"  reconciles {ok}: landed {r['landed']:,} = windowed {r['windowed']:,} + dead letters "
+          f"{r['dead']:,} (late {r['late']}); {r['committed']} of {r['windows']} verdicts committed; feeder "
+          f"{r['feed_s']:.1f} s writing files")
+
+
+def stream_main(a: argparse.Namespace) -> None:
+    """``--minutes`` / ``--stream-windows``: the long run (and the parallelism ratio)."""
+    windows = a.stream_windows or int(round(a.minutes * 6))
+    if a.parallelism_ratio:  # one process per job: PyFlink runs one local MiniCluster per process
+        results = {}
+        for par in (1, 2):
+            with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+                argv = [x for x in sys.argv[1:] if x != "--parallelism-ratio"]
+                subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--parallelism", str(par),
+                                "--json", fh.name], check=True)
+                results[par] = json.loads(fh.read())
+        print(f"parallelism 2 / 1: {results[2]['events_per_s'] / results[1]['events_per_s']:.2f}x over the "
+              f"run, {results[2]['warm_per_s'] / results[1]['warm_per_s']:.2f}x warm")
+        return
+    t = time.perf_counter()
+    blocks = second_blocks(a.agents, a.tenants)
+    per_window = sum(b.count(b"\n") for b in blocks)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {a.agents:,} agents, "
+          f"{a.tenants} tenants, {windows} measured windows (+1) of {per_window:,} records "
+          f"({sum(map(len, blocks)) >> 20} MB a file; template in {time.perf_counter() - t:.1f} s), "
+          f"{a.warmup_windows} warm-up, pace {a.pace}, backlog {a.backlog}")
+    base = tempfile.mkdtemp(prefix="bench_flink_")
+    try:
+        r = run_stream(blocks, per_window, base, RunConfig(input=".", graph=False), a.parallelism, a.tenants,
+                       windows, a.warmup_windows, a.pace, a.backlog, a.checkpoint_interval)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    report_stream(r)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(r, fh)
+
+
 def split(path: str, lines_per_file: int, base: str) -> list[str]:
     """The same records as files for Beam (its source sends a file as one event, and a gRPC
     message over 4 MB fails: 1 s of a 10,000-agent fleet is ~1.5 MB)."""
@@ -176,8 +372,20 @@ def main() -> None:
     ap.add_argument("--no-beam", action="store_true")
     ap.add_argument("--warm", action="store_true",
                     help="land a small file of other tenants first and measure once its windows are out")
+    ap.add_argument("--minutes", type=float, default=0.0, help="a long run: minutes of event time")
+    ap.add_argument("--stream-windows", type=int, default=0, help="a long run: measured windows")
+    ap.add_argument("--warmup-windows", type=int, default=2, help="long run: not in the warm figures")
+    ap.add_argument("--pace", choices=("max", "realtime"), default="max")
+    ap.add_argument("--backlog", type=int, default=2, help="long run: files landed ahead of the last commit")
+    ap.add_argument("--checkpoint-interval", type=float, default=10.0)
+    ap.add_argument("--parallelism-ratio", action="store_true", help="long run at parallelism 1, then 2")
+    ap.add_argument("--json", help=argparse.SUPPRESS)  # long run: the result, for --parallelism-ratio
     a = ap.parse_args()
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if a.minutes or a.stream_windows:
+        stream_main(a)
+        print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        return
     base = tempfile.mkdtemp(prefix="bench_flink_")
     try:
         os.makedirs(os.path.join(base, "src"))

@@ -24,14 +24,28 @@ def _assert_same(got, want) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
 
 
+def calls_of(w, i: int) -> list[tuple]:
+    """Record i's calls from a window's columns: (dst, count, errors, latency_ms)."""
+    first = int(w.n_calls[:i].sum())
+    calls = range(first, first + int(w.n_calls[i]))
+    return [(w.names[int(w.dst[k])], *w.call_values[k].tolist()) for k in calls]
+
+
 def test_pack_round_trip_keeps_every_bit_and_the_calls():
     rng = random.Random(3)
     recs = random_records(rng, 30)
-    recs[0]["agent_id"] = 'quote " back \\ ctrl \x01 ü 😀'
-    et, values, meta = unpack(*join([pack(r) for r in recs]))
-    assert et.tolist() == [r["event_time"] for r in recs]
-    assert values.tolist() == [[float(r[m]) for m in METRICS] for r in recs]
-    assert meta == [[r["agent_id"], r["calls"]] for r in recs]
+    recs[0]["agent_id"] = 'quote " back \\ ctrl \x01 \n ü 😀'
+    recs[1]["calls"] = [{"dst": recs[0]["agent_id"], "count": 3, "errors": 1, "latency_ms": 2}]
+    w = unpack(*join([pack(r) for r in recs], closed_ms=123))
+    assert w.closed_ms == 123
+    assert w.event_time.tolist() == [r["event_time"] for r in recs]
+    assert w.values.tolist() == [[float(r[m]) for m in METRICS] for r in recs]
+    assert [w.names[a] for a in w.agent.tolist()] == [r["agent_id"] for r in recs]
+    assert len(w.names) == len(set(w.names))
+    for i, r in enumerate(recs):
+        assert calls_of(w, i) == [(c["dst"], float(c["count"]), float(c["errors"]), float(c["latency_ms"]))
+                                  for c in r["calls"]]
+    assert w.duplicates == {}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -46,6 +60,7 @@ def test_assembled_window_equals_build_snapshot(seed):
     rng.shuffle(packed)
     got, et = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), *join(packed))
     _assert_same(got, build_snapshot("acme", T0, T0 + 10, recs))
+    assert len(unpack(*join(packed)).duplicates) > got.n_duplicates  # all records sharing (agent, ts)
     assert got.n_duplicates >= 9 and sorted(et.tolist()) == sorted(r["event_time"] for r in recs)
 
 
@@ -59,6 +74,18 @@ def test_assembled_window_without_duplicates():
                              *join([pack(r) for r in recs.values()]))
     _assert_same(got, build_snapshot("acme", T0, T0 + 10, list(recs.values())))
     assert got.n_duplicates == 0 and len(got.edge_src) > 0
+
+
+def test_a_dropped_duplicates_callee_is_not_a_name_and_an_empty_window_is_empty():
+    rec = {"agent_id": "b", "event_time": T0 + 1, **{m: 1.0 for m in METRICS},
+           "calls": [{"dst": "c", "count": 1, "errors": 0, "latency_ms": 1.0}]}
+    twin = dict(rec, cpu=2.0, calls=[{"dst": "a", "count": 1, "errors": 0, "latency_ms": 1.0}])
+    got, _ = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), *join([pack(twin), pack(rec)]))
+    _assert_same(got, build_snapshot("acme", T0, T0 + 10, [twin, rec]))
+    assert got.agents == ["b", "c"]
+    got, et = window_snapshot("acme", int(T0 * 1000), int((T0 + 10) * 1000), *join([]))
+    _assert_same(got, build_snapshot("acme", T0, T0 + 10, []))
+    assert len(et) == 0
 
 
 def test_each_record_counts_once_over_sliding_windows():

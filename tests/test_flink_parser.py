@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 
 import orjson
 import pytest
@@ -65,10 +66,12 @@ def assert_same(raw: bytes, got: dict) -> None:
     assert got["et_bits"] == _bits(want["event_time"]), raw
     assert got["et_ms"] == math.floor(want["event_time"] * 1000)
     assert got["metric_bits"] == [_bits(float(want[m])) for m in METRICS], raw
-    et, values, meta = unpack(*join([base64.b64decode(got["packed"])]))
-    assert _bits(float(et[0])) == _bits(want["event_time"])
-    assert [_bits(float(v)) for v in values[0]] == [_bits(float(want[m])) for m in METRICS]
-    assert meta == [[want["agent_id"], want["calls"]]]
+    w = unpack(*join([base64.b64decode(got["packed"])]))
+    assert _bits(float(w.event_time[0])) == _bits(want["event_time"])
+    assert [_bits(float(v)) for v in w.values[0]] == [_bits(float(want[m])) for m in METRICS]
+    assert w.names[w.agent[0]] == want["agent_id"]
+    assert [(w.names[d], *map(_bits, c)) for d, c in zip(w.dst.tolist(), w.call_values.tolist())] == \
+        [(c["dst"], *(_bits(float(c[k])) for k in ("count", "errors", "latency_ms"))) for c in want["calls"]]
 
 
 VALID = [
@@ -149,10 +152,18 @@ def test_a_window_is_joined_on_the_jvm_as_assemble_joins_it(java_parse):
     *got, joined = java_parse(VALID + [b"{not json"], "join")
     packed = [base64.b64decode(g["packed"]) for g in got if g.get("ok")]
     assert len(packed) == len(VALID)
-    heads, meta = join(packed)
+    heads, meta = base64.b64decode(joined["heads"]), base64.b64decode(joined["meta"])
     assert (joined["key"], joined["start"], joined["end"]) == ("t", T0_MS, T0_MS + 10_000)
-    assert (base64.b64decode(joined["heads"]), base64.b64decode(joined["meta"])) == (heads, meta)
-    assert java_parse([b""], "join")[1]["meta"] == base64.b64encode(b"[]").decode()  # an empty window
+    closed_ms = unpack(heads, meta).closed_ms
+    assert abs(closed_ms / 1000 - time.time()) < 600
+    assert (heads, meta[16:]) == (join(packed)[0], join(packed)[1][16:])
+    packed += packed[:2]  # duplicates: their calls as written cross too
+    *_, joined = java_parse(VALID + VALID[:2], "join")
+    meta = base64.b64decode(joined["meta"])
+    assert meta[16:] == join(packed)[1][16:]
+    empty = java_parse([b""], "join")[1]
+    assert (base64.b64decode(empty["heads"]), base64.b64decode(empty["meta"])[16:]) == \
+        (b"", join([])[1][16:])  # an empty window
 
 
 def test_invalid_records_are_rejected(java_parse):

@@ -11,8 +11,9 @@ out-of-orderness): a tenant ahead in event time makes no other tenant's records 
 record whose earliest window has closed for its tenant is a ``late`` dead letter (no allowed
 lateness). A tenant without records for ``tenant_idle_timeout_s`` (continuous mode) closes
 its open windows; at the end of a bounded input, or on a drain, every open window closes. A
-closed window leaves the JVM joined into two byte arrays, keyed by tenant (``WindowRows``),
-so it crosses into Python once, as one element: ``TenantWindows`` processes it on arrival
+closed window leaves the JVM as columns in two byte arrays, keyed by tenant (``WindowRows``:
+the records' numbers, agent and callee indices, the window's names once), so it crosses into
+Python once, as one element: ``TenantWindows`` processes it on arrival
 (no buffering, no timers; the tenant's sequence state is Flink keyed state, checkpointed),
 decodes it with numpy and does snapshot, features, prediction, consensus and the graph
 sink. Dead letters are named in Python and written through an exactly-once FileSink.

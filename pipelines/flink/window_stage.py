@@ -5,6 +5,8 @@ passes in the tenant's state and gets it back updated.
 Every output is keyed by (tenant, window, pane), so a replay after recovery overwrites
 rather than duplicates: Parquet per window like the Beam job, a ledger JSON per window
 (counts for the reconciliation and timings), window-level dead letters as JSON per window.
+The verdict (prediction, consensus) comes first, the snapshot and feature Parquet files after
+it, the ledger last: a window without its ledger is processed again after a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import orjson
 from pipelines import observe
 from pipelines.consensus.resume import Resuming
 from pipelines.consensus.spec import INPUTS, ConsensusSpec, request
-from pipelines.flink.assemble import fresh_count, window_snapshot
+from pipelines.flink.assemble import fresh_count, jvm_times, window_snapshot
 from pipelines.graph.sink import GraphSink, GraphSpec
 from pipelines.inference import PredictorSpec, TenantHistory, history_step
 from pipelines.panes import write_features, write_snapshot
@@ -97,31 +99,37 @@ class WindowStage:
 
     def process(self, tenant: str, start_ms: int, end_ms: int, heads: bytes, meta: bytes,
                 state: TenantState) -> dict:
-        """Everything for one window (its joined packed records, ``assemble``); returns its
-        ledger entry (also written to disk)."""
-        closed_at = time.time()
+        """Everything for one window (its columns from the JVM, ``assemble``); returns its
+        ledger entry (also written to disk). Times in the ledger: ``jvm_closed_at`` (the JVM
+        closed the window), ``jvm_built_at`` (its columns built), ``closed_at`` (it reached
+        Python), ``committed_at`` (verdict written), ``written_at`` (Parquet files written)."""
+        received = time.time()
         out = self.spec.out_dir
         with observe.stage("window", tenant, start_ms, pane=0):
             snap, event_times = window_snapshot(tenant, start_ms, end_ms, heads, meta)
             fresh = fresh_count(event_times, start_ms, self.spec.size_ms, self.spec.slide_ms)
         observe.window_fired(tenant, start_ms, 0)
         observe.windowed(tenant, fresh)
-        write_snapshot(out, snap)
+        later = [lambda: write_snapshot(out, snap)]  # Parquet once the verdict is out
         ledger = {"tenant": tenant, "window_start": start_ms, "window_end": end_ms,
                   "n_records": snap.n_records,
                   "n_fresh": fresh, "n_duplicates": snap.n_duplicates, "feature_row": False,
                   "prediction": False, "committed": False, "disputed": False, "window_dead": None,
-                  "graph": {}, "closed_at": closed_at}
+                  "graph": {}, "closed_at": received}
+        ledger["jvm_closed_at"], ledger["jvm_built_at"] = jvm_times(meta)
         if self.sink is not None:
             ledger["graph"]["snapshot"] = self._graph("snapshot", tenant, start_ms, self.sink.write_snapshot,
                                                       snap)
         if self.spec.extractor is not None:
-            self._features(snap, state, ledger)
+            self._features(snap, state, ledger, later)
         ledger["committed_at"] = time.time()
+        for write in later:
+            write()
+        ledger["written_at"] = time.time()
         _atomic_json(os.path.join(out, LEDGER, f"tenant={tenant}", f"window={start_ms}.json"), ledger)
         return ledger
 
-    def _features(self, snap, state: TenantState, ledger: dict) -> None:
+    def _features(self, snap, state: TenantState, ledger: dict, later: list) -> None:
         ex, tenant, start_ms = self.spec.extractor, snap.tenant, ms(snap.window_start)
         with observe.stage("features", tenant, start_ms, pane=0):
             try:
@@ -137,7 +145,7 @@ class WindowStage:
             self._dead("non_finite_features", f"not finite: {', '.join(bad[:10])}", tenant, start_ms)
             return
         ledger["feature_row"] = True
-        write_features(self.spec.out_dir, wf, vec)
+        later.append(lambda: write_features(self.spec.out_dir, wf, vec))
         if self.sink is not None:
             ledger["graph"]["topology"] = self._graph("topology", tenant, start_ms, self.sink.write_topology,
                                                       wf, vec)

@@ -20,7 +20,7 @@ import org.apache.flink.types.Row;
  * {"blank": true}, {"ok": false} or the parsed fields, every double as its IEEE 754 bits (a
  * long) so a comparison with Python is bit-exact, and the packed record (base64). With the
  * argument "join": then one more line, the accepted records as WindowRows joins them for the
- * window 2026-01-01T00:00 + 10 s: {"key", "start", "end", "heads", "meta"} (bytes in base64).
+ * window 2026-01-01T00:00 + 10 s: {"key", "start", "end", "heads", "meta"} (bytes in base64; WindowRows).
  */
 public final class ParseMain {
     private ParseMain() {}

@@ -51,6 +51,24 @@ public final class TelemetryParser {
         public final double[] metrics = new double[METRICS.length];
         /** The calls array exactly as written in the line (UTF-8). */
         public byte[] calls;
+        /** Number of calls. */
+        public int nCalls;
+        /** Per call: count, errors, latency_ms (3 doubles a call). */
+        public double[] callNums = new double[12];
+        /** Per call: its dst. */
+        public String[] callDst = new String[4];
+
+        void addCall(String dst, double count, double errors, double latency) {
+            if (nCalls == callDst.length) {
+                callDst = Arrays.copyOf(callDst, 2 * nCalls);
+                callNums = Arrays.copyOf(callNums, 6 * nCalls);
+            }
+            callDst[nCalls] = dst;
+            callNums[3 * nCalls] = count;
+            callNums[3 * nCalls + 1] = errors;
+            callNums[3 * nCalls + 2] = latency;
+            nCalls++;
+        }
     }
 
     private TelemetryParser() {}
@@ -59,21 +77,41 @@ public final class TelemetryParser {
     public static final int PACKED_DOUBLES = 1 + METRICS.length;
 
     /**
-     * A record as bytes for the window aggregate: event time and the metrics as little-endian
-     * doubles, then UTF-8 JSON [agent_id, calls] (calls exactly as written).
+     * A record as bytes for the windower (little-endian): event time and the metrics as doubles;
+     * int32 number of calls n, then n x (count, errors, latency_ms) as doubles; the agent_id as
+     * an int32 length and a JSON string literal (UTF-8); each call's dst likewise; then the
+     * calls array exactly as written (only read to break ties between duplicates). WindowRows
+     * turns a window of these into columns.
      */
     public static byte[] pack(Parsed r) {
-        StringBuilder sb = new StringBuilder(r.agent.length() + 8);
-        sb.append('[');
-        jsonString(sb, r.agent);
-        byte[] agent = sb.append(',').toString().getBytes(StandardCharsets.UTF_8);
-        ByteBuffer b = ByteBuffer.allocate(8 * PACKED_DOUBLES + agent.length + r.calls.length + 1)
-                .order(ByteOrder.LITTLE_ENDIAN);
+        byte[] agent = literal(r.agent);
+        byte[][] dst = new byte[r.nCalls][];
+        int size = 8 * PACKED_DOUBLES + 4 + 24 * r.nCalls + 4 + agent.length + 4 * r.nCalls + r.calls.length;
+        for (int i = 0; i < r.nCalls; i++) {
+            dst[i] = literal(r.callDst[i]);
+            size += dst[i].length;
+        }
+        ByteBuffer b = ByteBuffer.allocate(size).order(ByteOrder.LITTLE_ENDIAN);
         b.putDouble(r.eventTime);
         for (double x : r.metrics) {
             b.putDouble(x);
         }
-        return b.put(agent).put(r.calls).put((byte) ']').array();
+        b.putInt(r.nCalls);
+        for (int i = 0; i < 3 * r.nCalls; i++) {
+            b.putDouble(r.callNums[i]);
+        }
+        b.putInt(agent.length).put(agent);
+        for (byte[] d : dst) {
+            b.putInt(d.length).put(d);
+        }
+        return b.put(r.calls).array();
+    }
+
+    /** s as a JSON string literal in UTF-8. */
+    static byte[] literal(String s) {
+        StringBuilder sb = new StringBuilder(s.length() + 2);
+        jsonString(sb, s);
+        return sb.toString().getBytes(StandardCharsets.UTF_8);
     }
 
     /** Event time in epoch ms (floor) of event time in seconds. */
@@ -197,7 +235,7 @@ public final class TelemetryParser {
                     return null;
                 }
                 int start = (int) p.currentTokenLocation().getByteOffset();
-                if (!calls(p)) {
+                if (!calls(p, r)) {
                     return null;
                 }
                 r.calls = Arrays.copyOfRange(line, start, (int) p.currentLocation().getByteOffset());
@@ -224,7 +262,7 @@ public final class TelemetryParser {
     }
 
     /** The calls array: objects with exactly dst, count, errors, latency_ms; errors <= count. */
-    private static boolean calls(JsonParser p) throws IOException {
+    private static boolean calls(JsonParser p, Parsed r) throws IOException {
         int n = 0;
         JsonToken t;
         while ((t = p.nextToken()) == JsonToken.START_OBJECT) {
@@ -234,12 +272,15 @@ public final class TelemetryParser {
             int seen = 0;
             double count = -1;
             double errors = -1;
+            double lat = Double.NaN;
+            String dst = null;
             while ((t = p.nextToken()) == JsonToken.FIELD_NAME) {
                 String name = p.currentName();
                 JsonToken v = p.nextToken();
                 int before = seen;
                 if (name.equals("dst")) {
-                    if (v != JsonToken.VALUE_STRING || !isName(p.getText())) {
+                    dst = v == JsonToken.VALUE_STRING ? p.getText() : null;
+                    if (dst == null || !isName(dst)) {
                         return false;
                     }
                     seen |= 1;
@@ -250,7 +291,7 @@ public final class TelemetryParser {
                     errors = integer(p, v);
                     seen |= 4;
                 } else if (name.equals("latency_ms")) {
-                    double lat = number(p, v);
+                    lat = number(p, v);
                     if (!(lat >= 0 && lat <= MAX_LATENCY_MS)) {
                         return false;
                     }
@@ -265,6 +306,7 @@ public final class TelemetryParser {
             if (t != JsonToken.END_OBJECT || seen != 15 || !(count >= 0 && errors >= 0 && errors <= count)) {
                 return false;
             }
+            r.addCall(dst, count, errors, lat);
         }
         return t == JsonToken.END_ARRAY;
     }
