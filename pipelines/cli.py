@@ -155,6 +155,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("engine (beam: DirectRunner; flink: PyFlink job, pipelines/flink)")
     f.add_argument("--engine", choices=("beam", "flink"))
     f.add_argument("--parallelism", type=int, help="flink: job parallelism (default 1)")
+    f.add_argument("--max-parallelism", dest="max_parallelism", type=int,
+                   help="flink: key groups (default 128); keep it for the life of the state")
     f.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="flink: checkpoint directory (file://)")
     f.add_argument("--checkpoint-interval", dest="checkpoint_interval_s", type=float,
                    help="flink: seconds between checkpoints (default 10)")
@@ -163,8 +165,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="flink: a chk-*/savepoint directory, or 'latest' (newest under --checkpoint-dir)")
 
 
-_ENGINE_FLAGS = ("engine", "parallelism", "checkpoint_dir", "checkpoint_interval_s", "state_backend",
-                 "restore_from")
+_ENGINE_FLAGS = ("engine", "parallelism", "max_parallelism", "checkpoint_dir", "checkpoint_interval_s",
+                 "state_backend", "restore_from")
 
 
 def _consensus_overrides(a: argparse.Namespace) -> dict:

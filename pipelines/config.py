@@ -72,6 +72,7 @@ class RunConfig:
     graph_top_k: int = 5  # implicated agents per prediction
     engine: str = "beam"  # beam (DirectRunner) | flink (PyFlink job, pipelines/flink)
     parallelism: int = 1  # flink: parallelism of the job (tenants spread over subtasks by key group)
+    max_parallelism: int = 128  # flink: key groups; fixed for the life of the state (docs/SCALING.md)
     checkpoint_dir: str | None = None  # flink: file:// (or path) for checkpoints; None: in memory
     checkpoint_interval_s: float = 10.0  # flink
     state_backend: str = "hashmap"  # flink: hashmap | rocksdb
@@ -100,6 +101,9 @@ class RunConfig:
                                        or self.state_backend not in ("hashmap", "rocksdb")):
             raise ValueError("the flink engine runs streaming with parallelism >= 1 and "
                              "state_backend hashmap or rocksdb")
+        if not self.parallelism <= self.max_parallelism <= 32768:
+            raise ValueError(f"max_parallelism must be in [parallelism, 32768], got {self.max_parallelism} "
+                             f"with parallelism {self.parallelism}")
         if self.predict and not self.features:
             raise ValueError("the prediction stage needs the feature stage "
                              "(drop --no-features or add --no-predict)")

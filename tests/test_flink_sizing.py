@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,10 +36,23 @@ def test_each_manifest_is_one_consistent_flink_deployment():
         args = job["args"]
         assert (int(conf["parallelism.default"]) == job["parallelism"]
                 == int(args[args.index("--parallelism") + 1]) == s.parallelism)
-        assert int(conf["pipeline.max-parallelism"]) == s.max_parallelism
+        assert (int(conf["pipeline.max-parallelism"]) == int(args[args.index("--max-parallelism") + 1])
+                == s.max_parallelism)
         slots = int(conf["taskmanager.numberOfTaskSlots"]) * d["spec"]["taskManager"]["replicas"]
         assert slots >= s.parallelism
         assert conf["state.backend.type"] == args[args.index("--state-backend") + 1] == s.state_backend
+
+
+def test_the_job_takes_the_manifests_max_parallelism_and_refuses_one_below_its_parallelism():
+    from pipelines.cli import build_parser
+    from pipelines.config import RunConfig
+
+    a = build_parser().parse_args(["run", "--input", "x", "--out", "y", "--engine", "flink",
+                                   "--parallelism", "4", "--max-parallelism", "2048"])
+    assert a.max_parallelism == 2048
+    assert RunConfig(input="x", engine="flink", parallelism=4, max_parallelism=2048).validate().max_parallelism == 2048
+    with pytest.raises(ValueError, match="max_parallelism must be in"):
+        RunConfig(input="x", engine="flink", parallelism=4, max_parallelism=2).validate()
 
 
 def test_the_100k_fleet_fits_what_this_machine_measured():

@@ -69,6 +69,7 @@ class FlinkSpec:
     continuous: bool = False  # watch the directory for new files (else read what is there and end)
     monitor_interval_s: float = 1.0
     parallelism: int = 1
+    max_parallelism: int = 128  # key groups: fixed for the life of the state
     checkpoint_dir: str | None = None  # file:// (or a path); None: checkpoints kept in memory
     checkpoint_interval_s: float = 10.0
     state_backend: str = "hashmap"  # hashmap | rocksdb
@@ -112,7 +113,7 @@ def environment(spec: FlinkSpec):
         "python.executable": sys.executable,  # else workers lack pyflink (DESIGN.md)
         "python.client.executable": sys.executable,
         "parallelism.default": str(spec.parallelism),
-        "pipeline.max-parallelism": "128",
+        "pipeline.max-parallelism": str(spec.max_parallelism),
         "execution.checkpointing.interval": f"{int(spec.checkpoint_interval_s * 1000)} ms",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "3",
@@ -344,7 +345,8 @@ def run_config(cfg, extractor=None, predictor=None, graph=None, consensus=None, 
                       predictor, consensus, graph, resume=restore is not None)
     spec = FlinkSpec(source, stage, cfg.window_size_s, cfg.window_slide_s, cfg.max_out_of_orderness_s,
                      continuous=cfg.landing is not None, monitor_interval_s=max(cfg.poll_interval_s, 0.1),
-                     parallelism=cfg.parallelism, checkpoint_dir=cfg.checkpoint_dir,
+                     parallelism=cfg.parallelism, max_parallelism=cfg.max_parallelism,
+                     checkpoint_dir=cfg.checkpoint_dir,
                      checkpoint_interval_s=cfg.checkpoint_interval_s, state_backend=cfg.state_backend,
                      restore_from=restore, max_runtime_s=cfg.max_runtime_s, idle_timeout_s=cfg.idle_timeout_s,
                      tenant_idle_timeout_s=cfg.tenant_idle_timeout_s)
