@@ -56,7 +56,7 @@ $(PROMETHEUS) $(PROMTOOL):
 
 debs: $(ALERTMANAGER) $(LIBFUSE) $(FUSERMOUNT) $(CHROMIUM) $(PROMETHEUS) $(PROMTOOL)
 
-# The Flink job's Java table function, compiled from pipelines/flink/java (needs javac 11+)
+# The Flink job's Java functions (source, parser, windower), compiled from pipelines/flink/java (needs javac 11+)
 # into a cache keyed by source hash; the job also builds it at first use.
 flink-udf: $(STAMP)
 	$(BIN)/python -m pipelines.flink.udf

@@ -87,8 +87,7 @@ def _finish(proc: subprocess.Popen, landing: str, out: str) -> None:
 
 
 def _running(proc: subprocess.Popen, ckpt: str, after: str | None = None) -> None:
-    """Wait until the job completes a checkpoint (newer than ``after``): it is running. Files
-    landed before that would be found together and read in an order Flink chooses."""
+    """Wait until the job completes a checkpoint (newer than ``after``): it is running."""
     _wait(lambda: (latest_checkpoint(ckpt) or after) != after, 120, "a running job", proc)
 
 
@@ -102,8 +101,8 @@ def _dead_committed(out: str) -> int:
 
 def _land_running(files: list[str], landing: str, out: str, before: int, proc) -> None:
     """Land files one at a time, each once the job has read the one before (its bad lines,
-    at its end, are committed dead letters): the FileSource hands files that wait together
-    to its reader in no particular order, and an older file read after a newer one is late."""
+    at its end, are committed dead letters), as a live producer would (a backlog is read in
+    landing order too: ``tests/test_flink_file_order.py``)."""
     for i, f in enumerate(files):
         _land(f, landing)
         want = len(BAD_LINES) * (before + i + 1)

@@ -34,8 +34,8 @@ def test_build_makes_a_jar_of_the_classes_in_the_cache(tmp_path, monkeypatch):
     assert jar.startswith(str(tmp_path / "cache")) and udf.source_hash() in jar
     with zipfile.ZipFile(jar) as z:
         names = set(z.namelist())
-    assert {"aura/flink/ParseTelemetry.class", "aura/flink/TelemetryParser.class",
-            "aura/flink/ParseMain.class"} <= names
+    assert {"aura/flink/ParseLines.class", "aura/flink/TelemetryParser.class", "aura/flink/ParseMain.class",
+            "aura/flink/LandingLines.class", "aura/flink/OrderedSplitAssigner$Provider.class"} <= names
     mtime = os.path.getmtime(jar)
     assert udf.jar_path() == jar and os.path.getmtime(jar) == mtime  # cached: not rebuilt
 

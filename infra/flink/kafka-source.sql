@@ -1,10 +1,14 @@
 -- The Kafka source of the Flink job in production (UNTESTED here: no Kafka broker, and the
 -- connector jar is not bundled with PyFlink and Maven is unreachable on the dev machine).
--- Replace the `landing` table of pipelines/flink/sql.py with this DDL; everything downstream
--- (parse, per-tenant windows and watermarks, Python stage) is unchanged. Needs
+-- The landing directory is a DataStream FileSource of (line BYTES, path STRING) rows
+-- (`LandingLines`, `_parsed_lines` in pipelines/flink/job.py). To read Kafka instead, create
+-- this table in a StreamTableEnvironment over the job's environment and hand
+-- `t_env.to_data_stream(t_env.sql_query("SELECT line, path FROM landing"))._j_data_stream`
+-- to the parse (`.flatMap(ParseLines())`) in place of the FileSource's stream; everything
+-- downstream (parse, per-tenant windows and watermarks, Python stage) is unchanged. Needs
 -- flink-sql-connector-kafka (see README.md) in /opt/flink/lib or via `pipeline.jars`.
 CREATE TEMPORARY TABLE landing (
-  line BYTES,                                        -- the record's bytes, parsed by PARSE_TELEMETRY
+  line BYTES,                                        -- the record's bytes, parsed by ParseLines
   path AS 'kafka',                                   -- dead letters name the source
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL

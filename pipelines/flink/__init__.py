@@ -1,1 +1,1 @@
-"""The PyFlink adapter: Flink SQL parses and windows on the JVM, Python does per-window work."""
+"""The PyFlink adapter: the JVM reads, parses and windows (Java operators), Python does per-window work."""

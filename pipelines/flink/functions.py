@@ -26,7 +26,7 @@ def dead_letter_json(row) -> str:
     else:
         out = parse_line(raw, source, -1)
         dead = out if isinstance(out, DeadLetter) else DeadLetter(
-            UNSUPPORTED, "valid by the contract but not in the form the Flink SQL fast path parses",
+            UNSUPPORTED, "valid by the contract but not in the form the Flink job's JVM parser reads",
             source, -1, raw)
     observe.dead_lettered(observe.dead_tenant(raw), dead.reason)
     return orjson.dumps(dead.to_dict()).decode()

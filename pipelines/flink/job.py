@@ -1,9 +1,20 @@
 """The AURA job on Apache Flink (PyFlink 2.3, local MiniCluster or a cluster).
 
-Flink SQL (``pipelines.flink.sql``) reads the landing directory (FileSource; continuously
-with ``monitor_interval_s``) and parses and validates each line once on the JVM with the
-project's Java table function (``pipelines.flink.udf``, built from ``pipelines/flink/java``
-and added with ``pipeline.jars``). The parsed rows go on as a DataStream, still on the JVM:
+The landing directory (or one file) is read by a FileSource (``LandingLines``; continuously
+with ``monitor_interval_s``) as raw line bytes with their file's path, never decoded. Files
+are handed to the reader in landing order, (modification time, path), as Beam's landing
+source reads them (``OrderedSplitAssigner``): files that wait together - landed while the
+job was down, or faster than it reads - are read oldest first, in one monitoring round,
+across rounds and after a restore; processed files are remembered in the checkpointed source
+state. Each line is parsed and validated once on the JVM (``ParseLines``, ``TelemetryParser``
+in ``pipelines/flink/java``, built by ``pipelines.flink.udf`` and added with
+``pipeline.jars``) against the telemetry contract (``schemas/telemetry.v1.json``): one
+Jackson pass gives ``ok``, the tenant, the event time in ms and the record packed as bytes.
+The parser is stricter than the contract only for rare valid forms (integers beyond 64
+bits, integral floats for integer fields, RFC 3339 forms other than
+``YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)``, duplicate keys, ``schema_version`` other than
+the integer 1): the contract's validator (``pipelines.telemetry.parse_line``) then names
+them ``unsupported_by_flink_sql`` dead letters, never silently dropped. Still on the JVM,
 ``ParsedRows`` sends the rows the parser refused to the dead letters, ``TenantKey`` keys the
 others by tenant and ``TenantWindower`` (keyed state, checkpointed) assigns them to
 event-time windows on the tenant's own watermark (its largest event time less the
@@ -21,14 +32,14 @@ A local run's Python operators run in the driver's process (PyFlink loopback), s
 driver imports the stage's libraries before the job starts (``window_stage.preload``).
 
 Parallelism: the Python stage (the heavy part) runs at ``parallelism``, keyed by tenant.
-Reading a landing directory, the SQL part runs at parallelism 1: several readers would take
-files in an order the enumerator chooses, so a tenant's older file read after its newer one
-would be late. (A Kafka source keeps order per partition and can read in parallel.) The
-windower then runs in the reader's chain (at parallelism 1 it holds every key group, so the
-stream is keyed as it is, ``reinterpretAsKeyedStream``): only closed windows are shuffled,
-not every record. A bounded input is one event-time batch, read in parallel and keyed by
-tenant to the windower at ``parallelism``: its windows close at its end (the tenants'
-watermarks trail by 99 days).
+A landing directory is read at parallelism 1: several readers would read files side by side,
+so a tenant's older file could be read after its newer one and be late. (A Kafka source
+keeps order per partition and can read in parallel; ``infra/flink/kafka-source.sql``.) The
+parse and the windower then run in the reader's chain (at parallelism 1 the windower holds
+every key group, so the stream is keyed as it is, ``reinterpretAsKeyedStream``): only closed
+windows are shuffled, not every record. A bounded input is one event-time batch, read in
+parallel and keyed by tenant to the windower at ``parallelism``: its windows close at its
+end (the tenants' watermarks trail by 99 days).
 
 Outputs match the Beam job's layout (``snapshots/``, ``features/``, ``predictions/``,
 ``deadletter/``) plus a ledger per window (``windows/``) from which ``summarize`` rebuilds
@@ -47,7 +58,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from pipelines.flink import sql, udf
+from pipelines.flink import udf
 from pipelines.flink.window_stage import LEDGER, StageSpec, preload
 from pipelines.inputs import INPUT_SUFFIXES
 from pipelines.run_summary import RunSummary
@@ -79,9 +90,6 @@ class FlinkSpec:
     tenant_idle_timeout_s: float | None = 30.0  # continuous: a tenant's windows close after this long
     # idle (None: only at the end)
 
-    def sql_spec(self) -> sql.SqlSpec:
-        return sql.SqlSpec(os.path.abspath(self.source), self.monitor_interval_s if self.continuous else None)
-
     def windower(self):
         """The JVM's ``TenantWindower`` of these windows. Bounded input: the tenants'
         watermarks trail by 99 days (the files are read in no particular order, so the input
@@ -103,10 +111,9 @@ def _uri(path: str) -> str:
 
 
 def environment(spec: FlinkSpec):
-    """A StreamExecutionEnvironment configured for the run (and its table environment)."""
+    """A StreamExecutionEnvironment configured for the run."""
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import StreamTableEnvironment
 
     conf = Configuration()
     settings = {
@@ -133,11 +140,7 @@ def environment(spec: FlinkSpec):
     env.add_jars("file://" + udf.jar_path())
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    t_env = StreamTableEnvironment.create(env)
-    t_env.get_config().set("table.local-time-zone", "UTC")
-    if spec.continuous:  # one reader: files in arrival order (module doc)
-        t_env.get_config().set("table.exec.resource.default-parallelism", "1")
-    return env, t_env
+    return env
 
 
 def build(spec: FlinkSpec):
@@ -152,27 +155,47 @@ def build(spec: FlinkSpec):
 
     from pipelines.flink.functions import TenantWindows, dead_letter_json
 
-    env, t_env = environment(spec)
-    t_env.execute_sql(sql.function_ddl(udf.PARSE_FUNCTION))
-    t_env.execute_sql(sql.source_ddl(spec.sql_spec()))
-    parsed = t_env.to_data_stream(t_env.sql_query(sql.parse_query()))  # parsed once, on the JVM
-    windows, dead_rows = _tenant_windows(parsed, spec)
+    env = environment(spec)
+    windows, dead_rows = _tenant_windows(_parsed_lines(env, spec), spec)
     done = windows.process(TenantWindows(spec.stage), Types.STRING())
-    # explicitly: after a SQL part at parallelism 1, DataStream operators would inherit it
+    # explicitly: after the JVM part at parallelism 1, Python operators would inherit it
     _discard(done.name("TenantWindows").set_parallelism(spec.parallelism))  # outputs are files
-    dead = dead_rows.map(dead_letter_json, Types.STRING())
+    # the few dead letters at the reader's parallelism (forward from it, as the SQL source had
+    # them): at parallelism 2 they would be a second Python operator and a shuffle
+    dead = dead_rows.map(dead_letter_json, Types.STRING()).set_parallelism(_reader_parallelism(spec))
     dead_dir = os.path.join(spec.stage.out_dir, DEAD_DIR)
     sink = (FileSink.for_row_format(dead_dir, Encoder.simple_string_encoder())
             .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
             .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part")
                                      .with_part_suffix(".ndjson").build())
             .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy()).build())
-    dead.sink_to(sink).name("DeadLetters")
+    dead.sink_to(sink).name("DeadLetters").set_parallelism(_reader_parallelism(spec))
     return env
 
 
-def _tenant_windows(parsed, spec: FlinkSpec):
-    """The parsed rows -> (closed windows keyed by tenant, dead-letter rows (line, path,
+def _reader_parallelism(spec: FlinkSpec) -> int:
+    """One reader of a landing directory (landing order); a bounded input is read in parallel."""
+    return 1 if spec.continuous else spec.parallelism
+
+
+def _parsed_lines(env, spec: FlinkSpec):
+    """The source's lines, parsed once on the JVM (module doc): a Java DataStream of rows
+    (line, path, ok, tenant, et_ms, rec). One reader of a landing directory, in landing order."""
+    from pyflink.common import WatermarkStrategy
+    from pyflink.java_gateway import get_gateway
+
+    flink = get_gateway().jvm.aura.flink
+    parallelism = _reader_parallelism(spec)
+    monitor_ms = _ms(spec.monitor_interval_s) if spec.continuous else 0  # 0: bounded
+    source = flink.LandingLines.source(os.path.abspath(spec.source), monitor_ms)
+    lines = (env._j_stream_execution_environment
+             .fromSource(source, WatermarkStrategy.no_watermarks()._j_watermark_strategy, "Landing")
+             .setParallelism(parallelism))
+    return lines.flatMap(flink.ParseLines()).name("ParseLines").setParallelism(parallelism)
+
+
+def _tenant_windows(j_parsed, spec: FlinkSpec):
+    """The parsed rows (a Java DataStream) -> (closed windows keyed by tenant, dead-letter rows (line, path,
     late)), all on the JVM: ``ParsedRows`` splits off the rows the parser refused,
     ``TenantWindower`` (keyed by ``TenantKey``) emits each closed window as ``WindowRows``
     joins it and its late records as dead-letter rows; PyFlink's own key extractor
@@ -184,9 +207,8 @@ def _tenant_windows(parsed, spec: FlinkSpec):
 
     jvm = get_gateway().jvm
     flink = jvm.aura.flink
-    j_parsed = parsed._j_data_stream
     j_ok = (j_parsed.process(flink.ParsedRows(), j_parsed.getType()).name("ParsedRows")
-            .setParallelism(1 if spec.continuous else spec.parallelism))  # chained to the reader
+            .setParallelism(_reader_parallelism(spec)))  # chained to the parse
     value = Types.ROW([Types.LONG(), Types.LONG(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
                        Types.PRIMITIVE_ARRAY(Types.BYTE())])  # start ms, end ms, heads, meta
     if spec.continuous:  # in the one reader's chain: the records are not shuffled (module doc)
@@ -195,7 +217,7 @@ def _tenant_windows(parsed, spec: FlinkSpec):
     else:
         j_keyed = j_ok.keyBy(flink.TenantKey())
     j_windows = (j_keyed.process(spec.windower(), Types.ROW([Types.STRING(), value]).get_java_type_info())
-                 .name("TenantWindower").setParallelism(1 if spec.continuous else spec.parallelism))
+                 .name("TenantWindower").setParallelism(_reader_parallelism(spec)))
     dead = DataStream(j_ok.getSideOutput(flink.ParsedRows.dead())).union(
         DataStream(j_windows.getSideOutput(flink.ParsedRows.dead())))
     key = Types.ROW([Types.STRING()]).get_java_type_info()
@@ -207,7 +229,8 @@ def _discard(stream) -> None:
     from pyflink.java_gateway import get_gateway
 
     j_sink = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
-    stream._j_data_stream.sinkTo(j_sink).name("Discard")
+    j_stream = stream._j_data_stream
+    j_stream.sinkTo(j_sink).name("Discard").setParallelism(j_stream.getParallelism())  # chained
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:

@@ -21,7 +21,6 @@ import zipfile
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java")
 JAR_NAME = "aura-flink-udf.jar"
 JAVA_RELEASE = "11"
-PARSE_FUNCTION = "aura.flink.ParseTelemetry"
 PARSE_MAIN = "aura.flink.ParseMain"
 
 
@@ -34,12 +33,12 @@ def flink_lib() -> str:
 
 
 def classpath() -> list[str]:
-    """Compile classpath: flink-dist (shaded Jackson, Row) and the Table API."""
+    """Compile classpath: flink-dist (DataStream API, shaded Jackson, Row) and the file connector."""
     lib = flink_lib()
-    jars = [p for pat in ("flink-dist-*.jar", "flink-table-api-java-uber-*.jar")
+    jars = [p for pat in ("flink-dist-*.jar", "flink-connector-files-*.jar")
             for p in sorted(glob.glob(os.path.join(lib, pat)))]
     if len(jars) < 2:
-        raise RuntimeError(f"flink-dist / flink-table-api-java-uber jars not found in {lib}")
+        raise RuntimeError(f"flink-dist / flink-connector-files jars not found in {lib}")
     return jars
 
 

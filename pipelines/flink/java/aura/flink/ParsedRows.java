@@ -7,7 +7,7 @@ import org.apache.flink.util.Collector;
 import org.apache.flink.util.OutputTag;
 
 /**
- * Splits the parsed lines (the SQL parse query: line, path, ok, tenant, et_ms, rec): rows the
+ * Splits the parsed lines (ParseLines: line, path, ok, tenant, et_ms, rec): rows the
  * parser accepted go on (to TenantWindower, keyed by tenant); the others become dead-letter rows
  * (line, path, late) on the side output {@link #dead()}, where TenantWindower puts late records too.
  */
