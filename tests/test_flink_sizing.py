@@ -50,7 +50,8 @@ def test_the_job_takes_the_manifests_max_parallelism_and_refuses_one_below_its_p
     a = build_parser().parse_args(["run", "--input", "x", "--out", "y", "--engine", "flink",
                                    "--parallelism", "4", "--max-parallelism", "2048"])
     assert a.max_parallelism == 2048
-    assert RunConfig(input="x", engine="flink", parallelism=4, max_parallelism=2048).validate().max_parallelism == 2048
+    cfg = RunConfig(input="x", engine="flink", parallelism=4, max_parallelism=2048).validate()
+    assert cfg.max_parallelism == 2048
     with pytest.raises(ValueError, match="max_parallelism must be in"):
         RunConfig(input="x", engine="flink", parallelism=4, max_parallelism=2).validate()
 
