@@ -110,7 +110,10 @@ KILL_POINTS = {
     "mid-stream-landing-f08": (8, 0.25),
     "window-emitted-f21": (21, "emitted"),
 }
-SLOW = {"mid-stream-landing-f08", "window-emitted-f21"}  # ~70 s a case: the default suite keeps one
+# ~70 s a case, all in `make test-slow`: the default suite's kill-and-restore of the Flink job is
+# tests/test_flink_file_order.py (SIGKILL after a checkpoint, files landed while down, restore,
+# every window equal to the batch reference) and tests/test_flink_recovery.py (the graph)
+SLOW = set(KILL_POINTS)
 
 
 @pytest.mark.parametrize("point", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
