@@ -59,14 +59,15 @@ def pane_snapshot(run_id: str, final: frozenset[tuple[str, int]], tenant: str, s
 
 
 class BuildSnapshot(beam.DoFn):
-    """(tenant, record batches) of one Beam window pane -> WindowSnapshot (``pane_snapshot``)."""
+    """(tenant, record batches) of one Beam window pane -> WindowSnapshot (``pane_snapshot``;
+    batch only, so no window is final on disk before it)."""
 
-    def __init__(self, run_id: str, final: frozenset[tuple[str, int]] = frozenset()):
-        self.run_id, self.final = run_id, final
+    def __init__(self, run_id: str):
+        self.run_id = run_id
 
     def process(self, kv, w=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         tenant, batches = kv
-        snap = pane_snapshot(self.run_id, self.final, tenant, float(w.start), float(w.end),
+        snap = pane_snapshot(self.run_id, frozenset(), tenant, float(w.start), float(w.end),
                              [r for batch in batches for r in batch], pane.index,
                              _TIMING.get(pane.timing, "UNKNOWN"))
         if snap is not None:
