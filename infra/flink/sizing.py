@@ -91,10 +91,7 @@ class Size:
     graph_rows_per_s: float
     graph_servers: int
     max_tenant_agents: int
-
-    @property
-    def capacity_events_per_s(self) -> float:
-        return self.parallelism * Measured().job_events_per_core_s
+    capacity_events_per_s: float  # at this parallelism, from the measured per-core rate
 
 
 def size(agents: int, m: Measured = Measured(), p: Plan = Plan()) -> Size:
@@ -118,7 +115,7 @@ def size(agents: int, m: Measured = Measured(), p: Plan = Plan()) -> Size:
     return Size(agents, rate, par, max(128, _pow2_at_least(4 * par)),
                 math.ceil(par / p.slots_per_taskmanager), partitions, state, state, incremental,
                 backend, tm_memory_mb, rows, rows_s, math.ceil(rows_s / m.graph_rows_per_server_s),
-                max_tenant)
+                max_tenant, par * m.job_events_per_core_s)
 
 
 def deployment(name: str, s: Size) -> dict:
